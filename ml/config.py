@@ -1,0 +1,99 @@
+"""One place for segflow's settings: embedded defaults, each overridable from the environment.
+
+Every path, URI, threshold and horizon the platform uses is read here. A value that cannot be
+used fails at once with a message that names the environment variable, so a typo in a
+deployment is found before any data is touched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+KNOWN_TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "http", "https", "file", "databricks")
+
+
+class ConfigError(ValueError):
+    """A setting from the environment cannot be used; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    landing_dir: Path
+    label_horizon_days: int
+    mlflow_tracking_uri: str
+    airflow_home: Path
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.data_dir / "warehouse.duckdb"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.data_dir / "exports"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.data_dir / "mlflow"
+
+
+def _path(env: Mapping[str, str], name: str, default: Path) -> Path:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    path = Path(raw.strip()).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{name}={raw!r}: expected a directory, but it is a file")
+    # Relative overrides are taken from where the user runs the command, like any CLI path.
+    return path.resolve()
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a whole number of days, e.g. 30") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r}: must be at least 1")
+    return value
+
+
+def _tracking_uri(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    uri = raw.strip()
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme.split("+", 1)[0] not in KNOWN_TRACKING_SCHEMES:
+        raise ConfigError(
+            f"{name}={raw!r}: expected a URI such as sqlite:///path/mlflow.db, "
+            f"postgresql://host/db or http://host:5000 (schemes: {', '.join(KNOWN_TRACKING_SCHEMES)})"
+        )
+    return uri
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings from `env` (default: the process environment)."""
+    env = os.environ if env is None else env
+    data_dir = _path(env, "SEGFLOW_DATA_DIR", PROJECT_DIR / "data")
+    return Settings(
+        data_dir=data_dir,
+        landing_dir=_path(env, "SEGFLOW_LANDING_DIR", data_dir / "landing"),
+        label_horizon_days=_positive_int(env, "SEGFLOW_LABEL_HORIZON_DAYS", 30),
+        mlflow_tracking_uri=_tracking_uri(
+            env, "MLFLOW_TRACKING_URI", f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
+        ),
+        airflow_home=_path(env, "AIRFLOW_HOME", PROJECT_DIR / ".airflow"),
+    )
