@@ -197,12 +197,28 @@ class _FileSchema:
     extras: tuple[str, ...]
 
 
+CSV_DELIMITERS = (",", ";", "\t", "|")
+
+
+def _csv_delimiter(path: Path) -> str:
+    """The delimiter of the header line. DuckDB's sniffer, left alone, may decide that a file
+    with one ragged row has no header and skip rows silently; with the dialect fixed, a ragged
+    row is an error that names the file."""
+    with path.open(encoding="utf-8-sig", errors="replace") as handle:
+        header = handle.readline()
+    return max(CSV_DELIMITERS, key=header.count)
+
+
 def _reader(file: LandingFile) -> str:
     path = _literal(str(file.path))
     if file.format == "csv":
         # Read every CSV value as text: the contract decides types, so a bad value becomes a
         # quarantine row with a reason instead of a failed load.
-        return f"read_csv({path}, header = true, all_varchar = true, hive_partitioning = false)"
+        delimiter = _literal(_csv_delimiter(file.path))
+        return (
+            f"read_csv({path}, header = true, skip = 0, delim = {delimiter}, quote = '\"', "
+            "strict_mode = true, all_varchar = true, hive_partitioning = false)"
+        )
     return f"read_parquet({path}, hive_partitioning = false)"
 
 
@@ -227,7 +243,10 @@ def _file_schema(con: duckdb.DuckDBPyConnection, entity: Entity, file: LandingFi
     for required in entity.must_have():
         if required not in by_normalized:
             raise ContractViolation(
-                file.relative, required, f"required column of {entity.name} is missing"
+                file.relative,
+                required,
+                f"required column of {entity.name} is missing "
+                f"(the file has: {', '.join(name for name, *_ in described)})",
             )
     source_names = {
         c.name: by_normalized[c.name][0] if c.name in by_normalized else None
@@ -608,3 +627,30 @@ def _load_entity(
             [dict(zip(LOADED_FILES_COLUMNS, row, strict=True)) for row in rows]
         )
         con.execute("INSERT INTO raw.loaded_files SELECT * FROM loaded_files")
+
+
+def raw_summary(settings: Settings) -> str:
+    """What the warehouse holds in raw and quarantine, for people (read-only)."""
+    with connect(settings.warehouse_path, read_only=True) as con:
+        lines = [f"warehouse {settings.warehouse_path}", "raw tables:"]
+        for entity in ENTITIES:
+            time_column = next(c.name for c in entity.columns if c.type == "timestamp")
+            rows, first, last = con.execute(
+                f"SELECT count(*), min({time_column})::DATE, max({time_column})::DATE FROM raw.{entity.name}"
+            ).fetchone()
+            files = con.execute(
+                "SELECT count(*) FROM raw.loaded_files WHERE entity = ?", [entity.name]
+            ).fetchone()[0]
+            span = f"{first} .. {last}" if rows else "-"
+            lines.append(f"  {entity.name:<13} {rows:>12,} rows from {files:>5} files, {time_column} {span}")
+        violations = con.execute(
+            """SELECT entity, column_name, rule, action, count(*) AS n FROM quarantine.violations
+               GROUP BY ALL ORDER BY n DESC, entity, column_name LIMIT 10"""
+        ).fetchall()
+        if violations:
+            lines.append("quarantine (most frequent):")
+            for entity, column, rule, action, n in violations:
+                lines.append(f"  {n:>8,} {entity}.{column}: {rule} -> row {action}")
+        else:
+            lines.append("quarantine: empty (every row met the contract)")
+    return "\n".join(lines)

@@ -1,0 +1,135 @@
+# segflow: `make demo` sets everything up and runs the pipeline on generated data;
+# `make test` runs the tests. `make help` lists the rest.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+INSTALLED := $(VENV)/.installed
+
+# Everything lives inside the project unless the environment says otherwise (ml/config.py).
+export SEGFLOW_DATA_DIR ?= $(CURDIR)/data
+export SEGFLOW_LANDING_DIR ?= $(SEGFLOW_DATA_DIR)/landing
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
+export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
+export AIRFLOW__CORE__EXECUTOR ?= LocalExecutor
+export AIRFLOW__API__HOST ?= 127.0.0.1
+export AIRFLOW__API__PORT ?= 8080
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS ?= admin:admin
+# Customer data never phones home (ml/__init__.py does the same for every process using ml).
+export DO_NOT_TRACK := true
+export AIRFLOW__COSMOS__ENABLE_TELEMETRY := False
+export MLFLOW_PORT ?= 5000
+
+DEMO_CUSTOMERS ?= 20000
+DEMO_DAYS ?= 540
+DEMO_END ?= 2026-10-31
+DEMO_SEED ?= 7
+DEMO_STAMP := $(SEGFLOW_LANDING_DIR)/.generated-$(DEMO_CUSTOMERS)-$(DEMO_DAYS)-$(DEMO_END)-$(DEMO_SEED)
+AIRFLOW_READY := $(AIRFLOW_HOME)/.initialized
+SCALE ?= 1000000
+
+.PHONY: help setup demo run test test-fast lint format up down bench clean airflow-init
+
+help:
+	@echo "make demo                 set up, generate $(DEMO_CUSTOMERS) customers, run the pipeline through Airflow"
+	@echo "make run AS_OF=YYYY-MM-DD the daily pipeline for one date (honours SEGFLOW_* overrides)"
+	@echo "make test                 all tests (make test-fast: without the slow end-to-end ones)"
+	@echo "make up / make down       Airflow UI and MLflow UI on 127.0.0.1"
+	@echo "make bench [SCALE=N]      benchmarks -> docs/benchmarks.md"
+	@echo "make lint / make format   ruff"
+
+setup: $(INSTALLED)
+
+$(INSTALLED): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	@touch $@
+
+airflow-init: $(AIRFLOW_READY)
+
+$(AIRFLOW_READY): $(INSTALLED)
+	@mkdir -p $(AIRFLOW_HOME)
+	$(BIN)/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || (cat $(AIRFLOW_HOME)/db-migrate.log; exit 1)
+	$(BIN)/airflow pools set warehouse 1 "DuckDB allows one writer: every warehouse-writing task" > /dev/null
+	@touch $@
+
+$(DEMO_STAMP): $(INSTALLED)
+	$(BIN)/segflow generate --customers $(DEMO_CUSTOMERS) --days $(DEMO_DAYS) \
+		--end-date $(DEMO_END) --seed $(DEMO_SEED) --out $(SEGFLOW_LANDING_DIR)
+	@touch $@
+
+demo: $(DEMO_STAMP) $(AIRFLOW_READY)
+	$(MAKE) --no-print-directory run AS_OF=$(DEMO_END)
+	@$(BIN)/segflow status
+
+run: $(AIRFLOW_READY)
+	@test -n "$(AS_OF)" || (echo "usage: make run AS_OF=YYYY-MM-DD" >&2; exit 2)
+	@$(BIN)/segflow config > /dev/null
+	$(BIN)/airflow dags test segment_pipeline $(AS_OF) > $(AIRFLOW_HOME)/last-run.log 2>&1 \
+		|| (tail -n 60 $(AIRFLOW_HOME)/last-run.log; echo "run for $(AS_OF) failed: full log in $(AIRFLOW_HOME)/last-run.log" >&2; exit 1)
+	@sed -n '/ingest as of/,/reviews /p' $(AIRFLOW_HOME)/last-run.log | sed -E 's/^[^ ]+ \[info *\] //; s/ \[ml\.ingest\].*$$//'
+	@echo "run for $(AS_OF) succeeded; log: $(AIRFLOW_HOME)/last-run.log"
+
+test: $(INSTALLED)
+	$(BIN)/pytest
+
+test-fast: $(INSTALLED)
+	$(BIN)/pytest -m "not slow"
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(INSTALLED)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+RUN_DIR := $(AIRFLOW_HOME)/run
+
+# Each server runs in its own process group (setsid), so `make down` stops it with its children.
+up: $(AIRFLOW_READY)
+	@mkdir -p $(RUN_DIR) $(SEGFLOW_DATA_DIR)/mlflow/artifacts
+	@if [ -f $(RUN_DIR)/airflow.pid ] && kill -0 $$(cat $(RUN_DIR)/airflow.pid) 2>/dev/null; then \
+		echo "Airflow already running"; \
+	else \
+		setsid nohup $(BIN)/airflow standalone > $(RUN_DIR)/airflow.log 2>&1 < /dev/null & echo $$! > $(RUN_DIR)/airflow.pid; \
+	fi
+	@if [ -f $(RUN_DIR)/mlflow.pid ] && kill -0 $$(cat $(RUN_DIR)/mlflow.pid) 2>/dev/null; then \
+		echo "MLflow already running"; \
+	else \
+		setsid nohup $(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
+			--backend-store-uri "$$($(BIN)/segflow config --get mlflow_tracking_uri)" \
+			--artifacts-destination $(SEGFLOW_DATA_DIR)/mlflow/artifacts \
+			> $(RUN_DIR)/mlflow.log 2>&1 < /dev/null & echo $$! > $(RUN_DIR)/mlflow.pid; \
+	fi
+	@for i in $$(seq 1 120); do \
+		curl -sf http://127.0.0.1:$(AIRFLOW__API__PORT)/api/v2/monitor/health > /dev/null \
+		&& curl -sf http://127.0.0.1:$(MLFLOW_PORT)/health > /dev/null && break; sleep 1; \
+	done
+	@curl -sf http://127.0.0.1:$(AIRFLOW__API__PORT)/api/v2/monitor/health > /dev/null \
+		|| (echo "Airflow did not start: see $(RUN_DIR)/airflow.log" >&2; exit 1)
+	@curl -sf http://127.0.0.1:$(MLFLOW_PORT)/health > /dev/null \
+		|| (echo "MLflow did not start: see $(RUN_DIR)/mlflow.log" >&2; exit 1)
+	@echo "Airflow UI: http://127.0.0.1:$(AIRFLOW__API__PORT)  login: $$(cut -d: -f1 <<< '$(AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS)') / password in $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated: $$(cat $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated 2>/dev/null)"
+	@echo "MLflow UI:  http://127.0.0.1:$(MLFLOW_PORT)"
+	@echo "logs in $(RUN_DIR); stop with: make down"
+
+down:
+	@for name in airflow mlflow; do \
+		if [ -f $(RUN_DIR)/$$name.pid ]; then \
+			kill -- -$$(cat $(RUN_DIR)/$$name.pid) 2>/dev/null && echo "stopped $$name"; \
+			rm -f $(RUN_DIR)/$$name.pid; \
+		fi; \
+	done
+
+bench: $(INSTALLED)
+	$(BIN)/python bench/run.py --customers $(SCALE)
+
+clean:
+	rm -rf $(SEGFLOW_DATA_DIR) $(AIRFLOW_HOME)

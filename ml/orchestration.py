@@ -1,0 +1,52 @@
+"""What every segflow DAG shares: the warehouse pool, retry policy and the run's as-of date.
+
+Kept free of heavy imports: DAG files import this at parse time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+WAREHOUSE_POOL = "warehouse"
+"""Pool of size 1: DuckDB allows one writing process, so every task that writes the
+warehouse, in any DAG, takes this pool's only slot."""
+
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "segflow",
+    "retries": 2,
+    "retry_delay": dt.timedelta(seconds=30),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": dt.timedelta(minutes=10),
+}
+
+DAG_TAGS = {"segflow", "daily", "training", "monitoring"}
+"""The small set of tags DAGs may use."""
+
+
+class AsOfDateError(ValueError):
+    """The run's as-of date cannot be determined or is not a date."""
+
+
+def resolve_as_of(
+    params: Mapping[str, Any] | None,
+    data_interval_start: dt.datetime | None,
+    logical_date: dt.datetime | None,
+) -> dt.date:
+    """The date a run computes: the `as_of_date` param when given, else the day of the run's
+    logical date (a scheduled run, a backfill and `airflow dags test segment_pipeline D` for
+    day D all compute D), else the day its data interval starts."""
+    requested = (params or {}).get("as_of_date")
+    if requested:
+        try:
+            return dt.date.fromisoformat(str(requested))
+        except ValueError:
+            raise AsOfDateError(f"param as_of_date={requested!r} is not a date (YYYY-MM-DD)") from None
+    for moment in (logical_date, data_interval_start):
+        if moment is not None:
+            return moment.date()
+    raise AsOfDateError(
+        "this run has neither an as_of_date param nor a logical date: "
+        "trigger it with a logical date or conf {\"as_of_date\": \"YYYY-MM-DD\"}"
+    )

@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+
+from ml.config import PROJECT_DIR, ConfigError, load_settings
+
+
+def test_defaults_live_inside_the_project():
+    settings = load_settings({})
+    assert settings.data_dir == PROJECT_DIR / "data"
+    assert settings.landing_dir == PROJECT_DIR / "data" / "landing"
+    assert settings.warehouse_path == PROJECT_DIR / "data" / "warehouse.duckdb"
+    assert settings.label_horizon_days == 30
+    assert settings.mlflow_tracking_uri == f"sqlite:///{PROJECT_DIR}/data/mlflow/mlflow.db"
+    assert settings.airflow_home == PROJECT_DIR / ".airflow"
+
+
+def test_environment_overrides_every_setting(tmp_path: Path):
+    settings = load_settings(
+        {
+            "SEGFLOW_DATA_DIR": str(tmp_path / "work"),
+            "SEGFLOW_LANDING_DIR": str(tmp_path / "export"),
+            "SEGFLOW_LABEL_HORIZON_DAYS": "14",
+            "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
+            "AIRFLOW_HOME": str(tmp_path / "af"),
+        }
+    )
+    assert settings.data_dir == tmp_path / "work"
+    assert settings.warehouse_path == tmp_path / "work" / "warehouse.duckdb"
+    assert settings.landing_dir == tmp_path / "export"
+    assert settings.label_horizon_days == 14
+    assert settings.mlflow_tracking_uri == "http://127.0.0.1:5000"
+    assert settings.airflow_home == tmp_path / "af"
+
+
+def test_landing_follows_an_overridden_data_dir(tmp_path: Path):
+    settings = load_settings({"SEGFLOW_DATA_DIR": str(tmp_path)})
+    assert settings.landing_dir == tmp_path / "landing"
+    assert settings.mlflow_tracking_uri == f"sqlite:///{tmp_path}/mlflow/mlflow.db"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("SEGFLOW_LABEL_HORIZON_DAYS", "thirty", "expected a whole number"),
+        ("SEGFLOW_LABEL_HORIZON_DAYS", "0", "must be at least 1"),
+        ("MLFLOW_TRACKING_URI", "data/mlflow.db", "expected a URI"),
+        ("MLFLOW_TRACKING_URI", "ftp://host/x", "expected a URI"),
+    ],
+)
+def test_a_wrong_value_names_the_variable(name: str, value: str, expected: str):
+    with pytest.raises(ConfigError) as error:
+        load_settings({name: value})
+    assert name in str(error.value)
+    assert expected in str(error.value)
+
+
+def test_a_directory_setting_pointing_at_a_file_is_refused(tmp_path: Path):
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    with pytest.raises(ConfigError, match="SEGFLOW_DATA_DIR"):
+        load_settings({"SEGFLOW_DATA_DIR": str(file)})
