@@ -72,7 +72,11 @@ def cmd_status(_: argparse.Namespace) -> None:
 
 
 SHOWN_SETTINGS = (
-    "data_dir", "landing_dir", "warehouse_path", "label_horizon_days", "mlflow_tracking_uri",
+    "data_dir",
+    "landing_dir",
+    "warehouse_path",
+    "label_horizon_days",
+    "mlflow_tracking_uri",
     "airflow_home",
 )
 
@@ -101,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(handler=cmd_generate)
 
     ingest = commands.add_parser("ingest", help="load landing files into the warehouse")
-    ingest.add_argument("--as-of", type=_date, help="load partitions up to this date (default: all)")
+    ingest.add_argument(
+        "--as-of", type=_date, help="load partitions up to this date (default: all)"
+    )
     ingest.set_defaults(handler=cmd_ingest)
 
     status = commands.add_parser("status", help="what the warehouse holds, and the quarantine")

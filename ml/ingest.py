@@ -37,8 +37,17 @@ log = logging.getLogger(__name__)
 LANDING_SUFFIXES = {".csv": "csv", ".parquet": "parquet"}
 PARTITION_PATTERN = re.compile(r"^date=(.+)$")
 LOADED_FILES_COLUMNS = (
-    "entity", "source_file", "sha256", "size_bytes", "mtime_ns", "partition_date",
-    "rows_in_file", "rows_loaded", "rows_rejected", "values_nullified", "loaded_at",
+    "entity",
+    "source_file",
+    "sha256",
+    "size_bytes",
+    "mtime_ns",
+    "partition_date",
+    "rows_in_file",
+    "rows_loaded",
+    "rows_rejected",
+    "values_nullified",
+    "loaded_at",
 )
 
 
@@ -78,7 +87,9 @@ class IngestReport:
     entities: dict[str, EntityReport] = field(default_factory=dict)
 
     def summary(self) -> str:
-        lines = [f"ingest as of {self.as_of or 'all partitions'} at {self.loaded_at:%Y-%m-%d %H:%M:%S} UTC"]
+        lines = [
+            f"ingest as of {self.as_of or 'all partitions'} at {self.loaded_at:%Y-%m-%d %H:%M:%S} UTC"
+        ]
         for name, r in self.entities.items():
             lines.append(
                 f"  {name:<13} files new {r.files_loaded:>4}, replaced {r.files_replaced:>3}, "
@@ -112,7 +123,9 @@ def _partition_date(relative: Path) -> dt.date | None:
                 return dt.date.fromisoformat(match.group(1))
             except ValueError:
                 raise ContractViolation(
-                    str(relative), None, f"partition folder '{part}' is not a date (date=YYYY-MM-DD)"
+                    str(relative),
+                    None,
+                    f"partition folder '{part}' is not a date (date=YYYY-MM-DD)",
                 ) from None
     return None
 
@@ -137,7 +150,9 @@ def discover_landing_files(landing_dir: Path) -> dict[str, list[LandingFile]]:
                     continue
                 relative = path.relative_to(landing_dir)
                 files.append(
-                    LandingFile(entity.name, path, relative.as_posix(), fmt, _partition_date(relative))
+                    LandingFile(
+                        entity.name, path, relative.as_posix(), fmt, _partition_date(relative)
+                    )
                 )
         if entity.required and not files:
             raise ContractViolation(
@@ -252,8 +267,12 @@ def _file_schema(con: duckdb.DuckDBPyConnection, entity: Entity, file: LandingFi
         c.name: by_normalized[c.name][0] if c.name in by_normalized else None
         for c in entity.columns
     }
-    source_types = {c.name: by_normalized[c.name][1] for c in entity.columns if c.name in by_normalized}
-    extras = tuple(original for norm, (original, _) in by_normalized.items() if norm not in source_names)
+    source_types = {
+        c.name: by_normalized[c.name][1] for c in entity.columns if c.name in by_normalized
+    }
+    extras = tuple(
+        original for norm, (original, _) in by_normalized.items() if norm not in source_names
+    )
     return _FileSchema(source_names, source_types, extras)
 
 
@@ -263,7 +282,9 @@ def _stage_group(
     """Copy files of one schema into the temporary `batch` table, contract columns by name."""
     selects = []
     for column, source in schema.source_names.items():
-        selects.append(f"{_quote(source)} AS {_quote(column)}" if source else f"NULL AS {_quote(column)}")
+        selects.append(
+            f"{_quote(source)} AS {_quote(column)}" if source else f"NULL AS {_quote(column)}"
+        )
     if schema.extras:
         pairs = ", ".join(f"{_literal(x)}: {_quote(x)}::VARCHAR" for x in schema.extras)
         selects.append(f"to_json({{{pairs}}}) AS _extra")
@@ -353,7 +374,9 @@ def _rules(column: Column, current_year: int, loaded_at: dt.datetime) -> list[tu
         rules.append((f"not a valid {column.type}", f"{text} IS NOT NULL AND {typed} IS NULL"))
     if column.accepted:
         allowed = ", ".join(_literal(v) for v in column.accepted)
-        rules.append((f"must be one of {', '.join(column.accepted)}", f"{typed} NOT IN ({allowed})"))
+        rules.append(
+            (f"must be one of {', '.join(column.accepted)}", f"{typed} NOT IN ({allowed})")
+        )
     if column.minimum is not None:
         rules.append((f"must be >= {column.minimum:g}", f"{typed} < {column.minimum}"))
     maximum = current_year if column.maximum_is_current_year else column.maximum
@@ -361,7 +384,10 @@ def _rules(column: Column, current_year: int, loaded_at: dt.datetime) -> list[tu
         rules.append((f"must be <= {maximum:g}", f"{typed} > {maximum}"))
     if column.pattern:
         rules.append(
-            (f"must be {column.pattern_rule}", f"NOT regexp_full_match({typed}, {_literal(column.pattern)})")
+            (
+                f"must be {column.pattern_rule}",
+                f"NOT regexp_full_match({typed}, {_literal(column.pattern)})",
+            )
         )
     if column.not_in_future:
         rules.append(
@@ -400,17 +426,21 @@ def _check_batch(
         f"""CREATE OR REPLACE TEMP TABLE checked AS
         SELECT *,
             -- Most rows break no rule: test that cheaply before building the list.
-            CASE WHEN {' OR '.join(conditions) or 'false'}
-                 THEN list_filter([{', '.join(violations)}], lambda v: v IS NOT NULL)
+            CASE WHEN {" OR ".join(conditions) or "false"}
+                 THEN list_filter([{", ".join(violations)}], lambda v: v IS NOT NULL)
                  ELSE [] END AS _violations
-        FROM (SELECT {', '.join(selects)}, _extra, _source_file, _source_row FROM batch)"""
+        FROM (SELECT {", ".join(selects)}, _extra, _source_file, _source_row FROM batch)"""
     )
     _check_keys_and_references(con, entity)
-    return "to_json({" + ", ".join(
-        f"{_literal(source)}: {_quote('s_' + column)}::VARCHAR"
-        for column, source in schema.source_names.items()
-        if source is not None
-    ) + "})"
+    return (
+        "to_json({"
+        + ", ".join(
+            f"{_literal(source)}: {_quote('s_' + column)}::VARCHAR"
+            for column, source in schema.source_names.items()
+            if source is not None
+        )
+        + "})"
+    )
 
 
 def _check_keys_and_references(con: duckdb.DuckDBPyConnection, entity: Entity) -> None:
@@ -549,7 +579,11 @@ def ingest_landing(
             entity_report = report.entities.setdefault(entity.name, EntityReport())
             plan[entity.name] = []
             for file in discovered[entity.name]:
-                if as_of is not None and file.partition_date is not None and file.partition_date > as_of:
+                if (
+                    as_of is not None
+                    and file.partition_date is not None
+                    and file.partition_date > as_of
+                ):
                     continue
                 stat = file.path.stat()
                 known = previous.get((entity.name, file.relative))
@@ -567,7 +601,9 @@ def ingest_landing(
         try:
             for entity in ENTITIES:
                 if plan[entity.name]:
-                    _load_entity(con, entity, plan[entity.name], settings.landing_dir, loaded_at, report)
+                    _load_entity(
+                        con, entity, plan[entity.name], settings.landing_dir, loaded_at, report
+                    )
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -593,8 +629,14 @@ def _load_entity(
                 ("quarantine.violations", "source_file"),
                 ("raw.loaded_files", "source_file"),
             ):
-                entity_filter = "" if table.startswith("raw.") and table != "raw.loaded_files" else "entity = ? AND "
-                params = [item.file.relative] if not entity_filter else [entity.name, item.file.relative]
+                entity_filter = (
+                    ""
+                    if table.startswith("raw.") and table != "raw.loaded_files"
+                    else "entity = ? AND "
+                )
+                params = (
+                    [item.file.relative] if not entity_filter else [entity.name, item.file.relative]
+                )
                 con.execute(f"DELETE FROM {table} WHERE {entity_filter}{column} = ?", params)
             entity_report.files_replaced += 1
         else:
@@ -604,8 +646,12 @@ def _load_entity(
     groups: dict[tuple, list[_PlannedFile]] = {}
     for item in planned:
         schema = item.schema
-        signature = (item.file.format, tuple(schema.source_names.items()),
-                     tuple(schema.source_types.items()), schema.extras)
+        signature = (
+            item.file.format,
+            tuple(schema.source_names.items()),
+            tuple(schema.source_types.items()),
+            schema.extras,
+        )
         groups.setdefault(signature, []).append(item)
     for items in groups.values():
         files = [i.file for i in items]
@@ -617,8 +663,19 @@ def _load_entity(
             rows_in_file, loaded, rejected, nulled = counts.get(item.file.relative, (0, 0, 0, 0))
             stat = item.file.path.stat()
             rows.append(
-                (entity.name, item.file.relative, item.sha256, stat.st_size, stat.st_mtime_ns,
-                 item.file.partition_date, rows_in_file, loaded, rejected, nulled, loaded_at)
+                (
+                    entity.name,
+                    item.file.relative,
+                    item.sha256,
+                    stat.st_size,
+                    stat.st_mtime_ns,
+                    item.file.partition_date,
+                    rows_in_file,
+                    loaded,
+                    rejected,
+                    nulled,
+                    loaded_at,
+                )
             )
             entity_report.rows_loaded += loaded
             entity_report.rows_rejected += rejected
@@ -642,7 +699,9 @@ def raw_summary(settings: Settings) -> str:
                 "SELECT count(*) FROM raw.loaded_files WHERE entity = ?", [entity.name]
             ).fetchone()[0]
             span = f"{first} .. {last}" if rows else "-"
-            lines.append(f"  {entity.name:<13} {rows:>12,} rows from {files:>5} files, {time_column} {span}")
+            lines.append(
+                f"  {entity.name:<13} {rows:>12,} rows from {files:>5} files, {time_column} {span}"
+            )
         violations = con.execute(
             """SELECT entity, column_name, rule, action, count(*) AS n FROM quarantine.violations
                GROUP BY ALL ORDER BY n DESC, entity, column_name LIMIT 10"""

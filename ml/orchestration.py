@@ -42,11 +42,13 @@ def resolve_as_of(
         try:
             return dt.date.fromisoformat(str(requested))
         except ValueError:
-            raise AsOfDateError(f"param as_of_date={requested!r} is not a date (YYYY-MM-DD)") from None
+            raise AsOfDateError(
+                f"param as_of_date={requested!r} is not a date (YYYY-MM-DD)"
+            ) from None
     for moment in (logical_date, data_interval_start):
         if moment is not None:
             return moment.date()
     raise AsOfDateError(
         "this run has neither an as_of_date param nor a logical date: "
-        "trigger it with a logical date or conf {\"as_of_date\": \"YYYY-MM-DD\"}"
+        'trigger it with a logical date or conf {"as_of_date": "YYYY-MM-DD"}'
     )

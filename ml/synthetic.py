@@ -52,23 +52,40 @@ GENDER_WEIGHTS = np.array([0.48, 0.44, 0.02, 0.06])
 
 POSITIVE = np.array(
     [
-        "love it", "great quality", "fast delivery", "exactly as described", "excellent value",
-        "will buy again", "perfect fit", "highly recommend", "beautiful and well made",
+        "love it",
+        "great quality",
+        "fast delivery",
+        "exactly as described",
+        "excellent value",
+        "will buy again",
+        "perfect fit",
+        "highly recommend",
+        "beautiful and well made",
         "super happy with this",
     ],
     dtype=object,
 )
 NEUTRAL = np.array(
     [
-        "okay for the price", "arrived on time", "does the job", "average quality",
-        "as expected", "nothing special",
+        "okay for the price",
+        "arrived on time",
+        "does the job",
+        "average quality",
+        "as expected",
+        "nothing special",
     ],
     dtype=object,
 )
 NEGATIVE = np.array(
     [
-        "broke after a week", "poor quality", "late delivery", "not as described",
-        "waste of money", "customer service never answered", "returned it", "very disappointed",
+        "broke after a week",
+        "poor quality",
+        "late delivery",
+        "not as described",
+        "waste of money",
+        "customer service never answered",
+        "returned it",
+        "very disappointed",
     ],
     dtype=object,
 )
@@ -96,14 +113,17 @@ class CustomerType:
     birth_year: float
 
 
+# fmt: off
 TYPES = (
-    CustomerType("loyal_high_spender", 0.10, 24, 140, 0.55, 0.35, 22, 0.35, (0.6, 0.3, 0.1, 0.0), 20, 0.05, 0.2, 0.2, 0.001, 0.12, 4.5, 1976),
-    CustomerType("bargain_hunter", 0.20, 9, 35, 0.32, 0.30, 16, 0.45, (0.2, 0.72, 0.06, 0.02), 8, 0.15, 0.15, 1.6, 0.003, 0.05, 3.8, 1992),
-    CustomerType("regular", 0.20, 6, 70, 0.22, 0.20, 9, 0.3, (0.5, 0.42, 0.08, 0.0), 13, 0.15, 0.15, 0.5, 0.002, 0.06, 4.1, 1983),
-    CustomerType("engaged_browser", 0.15, 1.5, 60, 0.60, 0.45, 28, 0.55, (0.25, 0.65, 0.08, 0.02), 12, 0.1, 0.3, 0.6, 0.001, 0.05, 4.0, 1995),
-    CustomerType("lapsing", 0.15, 10, 65, 0.30, 0.20, 9, 0.3, (0.45, 0.47, 0.08, 0.0), 18, 0.0, 0.08, 0.5, 0.006, 0.07, 3.2, 1981),
-    CustomerType("dormant", 0.20, 4, 55, 0.10, 0.10, 4, 0.25, (0.45, 0.45, 0.1, 0.0), 21, 0.0, 0.03, 0.3, 0.008, 0.04, 3.0, 1979),
+    # name                  share orders/yr value  open  click sessions cart  devices (desktop, mobile, tablet, other)  hour churn/yr after_churn sale  unsubscribe review rating born
+    CustomerType("loyal_high_spender", 0.10, 24, 140, 0.55, 0.35, 22, 0.35, (0.6, 0.3, 0.1, 0.0),     20, 0.05, 0.2,  0.2, 0.001, 0.12, 4.5, 1976),
+    CustomerType("bargain_hunter",     0.20,  9,  35, 0.32, 0.30, 16, 0.45, (0.2, 0.72, 0.06, 0.02),  8, 0.15, 0.15, 1.6, 0.003, 0.05, 3.8, 1992),
+    CustomerType("regular",            0.20,  6,  70, 0.22, 0.20,  9, 0.3,  (0.5, 0.42, 0.08, 0.0),   13, 0.15, 0.15, 0.5, 0.002, 0.06, 4.1, 1983),
+    CustomerType("engaged_browser",    0.15, 1.5, 60, 0.60, 0.45, 28, 0.55, (0.25, 0.65, 0.08, 0.02), 12, 0.1,  0.3,  0.6, 0.001, 0.05, 4.0, 1995),
+    CustomerType("lapsing",            0.15, 10,  65, 0.30, 0.20,  9, 0.3,  (0.45, 0.47, 0.08, 0.0),  18, 0.0,  0.08, 0.5, 0.006, 0.07, 3.2, 1981),
+    CustomerType("dormant",            0.20,  4,  55, 0.10, 0.10,  4, 0.25, (0.45, 0.45, 0.1, 0.0),   21, 0.0,  0.03, 0.3, 0.008, 0.04, 3.0, 1979),
 )
+# fmt: on
 TYPE_NAMES = np.array([t.name for t in TYPES], dtype=object)
 WEEKDAY_FACTOR = np.array([0.95, 0.92, 0.95, 1.0, 1.03, 1.05, 1.1])  # Monday .. Sunday
 CAMPAIGN_WEEKDAYS = (1, 4)  # Tuesday and Friday
@@ -241,7 +261,9 @@ class _Population:
     def customers_table(self) -> pa.Table:
         n = self.n
         numbers = np.arange(1, n + 1)
-        emails = np.char.add(np.char.add("customer", numbers.astype(str)), "@example.com").astype(object)
+        emails = np.char.add(np.char.add("customer", numbers.astype(str)), "@example.com").astype(
+            object
+        )
         emails[self.invalid_address] = "not-an-address"
         birth = pa.array(self.birth_year.astype(np.int64), mask=self.birth_year_missing)
         opt_in = pa.array(self.opt_in, mask=self.opt_in_missing)
@@ -280,7 +302,9 @@ def generate(
 
     # Customers who signed up before the window arrive in the first day's export.
     customers_table = people.customers_table()
-    buckets.add("customers", customers_table, "signup_at", np.maximum(people.signup_us, first * DAY_US))
+    buckets.add(
+        "customers", customers_table, "signup_at", np.maximum(people.signup_us, first * DAY_US)
+    )
 
     from rich.progress import Progress
 
@@ -314,7 +338,12 @@ def _simulate_day(
 
     order_rate = people.order_rate * (general + people.sale_sensitivity * sale) * weekday * life
     order_value = people.order_value
-    open_p, session_rate, hour, device = people.open_p, people.session_rate, people.hour, people.device
+    open_p, session_rate, hour, device = (
+        people.open_p,
+        people.session_rate,
+        people.hour,
+        people.device,
+    )
     if drifted:
         bargain = TYPE_NAMES[people.type] == "bargain_hunter"
         order_rate = order_rate * np.where(bargain, 0.4, 1.0)
@@ -330,17 +359,34 @@ def _simulate_day(
     order_us = day_us + _hour_micros(rng, hour[buyer], 2.5)
     order_us = np.maximum(order_us, people.signup_us[buyer] + 60_000_000)
     _orders(rng, people, buckets, counters, buyer, order_us, order_value)
-    _web_sessions(rng, people, buckets, counters, day_us, session_rate * weekday * life, hour, device, buyer, order_us)
+    _web_sessions(
+        rng,
+        people,
+        buckets,
+        counters,
+        day_us,
+        session_rate * weekday * life,
+        hour,
+        device,
+        buyer,
+        order_us,
+    )
     if day.weekday() in CAMPAIGN_WEEKDAYS:
-        _campaign(rng, people, buckets, counters, day, day_us, signed_up, churned, open_p, hour, device)
+        _campaign(
+            rng, people, buckets, counters, day, day_us, signed_up, churned, open_p, hour, device
+        )
 
 
 def _orders(rng, people, buckets, counters, buyer, order_us, order_value) -> None:
     n = buyer.size
     amount = np.round(order_value[buyer] * rng.lognormal(0.0, 0.35, n), 2)
     items = 1 + rng.poisson(np.maximum(amount / 60.0 - 0.5, 0.05))
-    category = np.where(rng.random(n) < 0.65, people.category[buyer], rng.integers(0, len(CATEGORIES), n))
-    status = np.select([rng.random(n) < 0.04, rng.random(n) < 0.04], ["cancelled", "refunded"], "completed")
+    category = np.where(
+        rng.random(n) < 0.65, people.category[buyer], rng.integers(0, len(CATEGORIES), n)
+    )
+    status = np.select(
+        [rng.random(n) < 0.04, rng.random(n) < 0.04], ["cancelled", "refunded"], "completed"
+    )
     table = pa.table(
         {
             "order_id": _ids("O", counters["orders"] + 1, n, 10),
@@ -354,20 +400,43 @@ def _orders(rng, people, buckets, counters, buyer, order_us, order_value) -> Non
     )
     counters["orders"] += n
     buckets.add("orders", table, "ordered_at", order_us)
-    _reviews(rng, people, buckets, counters, buyer[status == "completed"], order_us[status == "completed"])
+    _reviews(
+        rng,
+        people,
+        buckets,
+        counters,
+        buyer[status == "completed"],
+        order_us[status == "completed"],
+    )
 
 
 def _reviews(rng, people, buckets, counters, buyer, order_us) -> None:
     writes = rng.random(buyer.size) < people.review_p[buyer]
-    who, when = buyer[writes], order_us[writes] + rng.integers(2 * DAY_US, 20 * DAY_US, writes.sum())
+    who, when = (
+        buyer[writes],
+        order_us[writes] + rng.integers(2 * DAY_US, 20 * DAY_US, writes.sum()),
+    )
     n = who.size
     rating = np.clip(np.rint(rng.normal(people.rating[who], 0.9)), 1, 5).astype(np.int64)
     first = np.where(
-        rating >= 4, POSITIVE[rng.integers(0, POSITIVE.size, n)],
-        np.where(rating == 3, NEUTRAL[rng.integers(0, NEUTRAL.size, n)], NEGATIVE[rng.integers(0, NEGATIVE.size, n)]),
+        rating >= 4,
+        POSITIVE[rng.integers(0, POSITIVE.size, n)],
+        np.where(
+            rating == 3,
+            NEUTRAL[rng.integers(0, NEUTRAL.size, n)],
+            NEGATIVE[rng.integers(0, NEGATIVE.size, n)],
+        ),
     )
-    second = np.where(rating >= 4, POSITIVE[rng.integers(0, POSITIVE.size, n)], NEGATIVE[rng.integers(0, NEGATIVE.size, n)])
-    text = np.where(rng.random(n) < 0.5, first, np.char.add(np.char.add(first.astype(str), ", "), second.astype(str)).astype(object))
+    second = np.where(
+        rating >= 4,
+        POSITIVE[rng.integers(0, POSITIVE.size, n)],
+        NEGATIVE[rng.integers(0, NEGATIVE.size, n)],
+    )
+    text = np.where(
+        rng.random(n) < 0.5,
+        first,
+        np.char.add(np.char.add(first.astype(str), ", "), second.astype(str)).astype(object),
+    )
     text = np.where(rng.random(n) < 0.15, None, text)
     table = pa.table(
         {
@@ -385,16 +454,23 @@ def _reviews(rng, people, buckets, counters, buyer, order_us) -> None:
 def _device_column(rng, device: np.ndarray) -> pa.Array:
     """Each row's device: the customer's own most of the time."""
     own = rng.random(device.size) < 0.8
-    return pa.array(DEVICES[np.where(own, device, rng.integers(0, 3, device.size))], type=pa.string())
+    return pa.array(
+        DEVICES[np.where(own, device, rng.integers(0, 3, device.size))], type=pa.string()
+    )
 
 
-def _web_sessions(rng, people, buckets, counters, day_us, session_rate, hour, device, buyer, order_us) -> None:
+def _web_sessions(
+    rng, people, buckets, counters, day_us, session_rate, hour, device, buyer, order_us
+) -> None:
     browsing = np.repeat(np.arange(people.n), rng.poisson(session_rate))
     # Most orders come with a checkout session just before them.
     checkout = rng.random(buyer.size) < 0.8
     session_customer = np.concatenate([browsing, buyer[checkout]])
     start = np.concatenate(
-        [day_us + _hour_micros(rng, hour[browsing], 3.0), order_us[checkout] - rng.integers(120, 1200, checkout.sum()) * 1_000_000]
+        [
+            day_us + _hour_micros(rng, hour[browsing], 3.0),
+            order_us[checkout] - rng.integers(120, 1200, checkout.sum()) * 1_000_000,
+        ]
     )
     is_checkout = np.concatenate([np.zeros(browsing.size, bool), np.ones(checkout.sum(), bool)])
     s = session_customer.size
@@ -402,8 +478,12 @@ def _web_sessions(rng, people, buckets, counters, day_us, session_rate, hour, de
     product_views = rng.poisson(np.where(is_checkout, 1.5, 1.0), s)
     searches = (rng.random(s) < 0.3).astype(np.int64)
     carts = (is_checkout | (rng.random(s) < people.cart_p[session_customer] * 0.5)).astype(np.int64)
-    kinds = np.array(["page_view", "product_view", "search", "add_to_cart", "checkout"], dtype=object)
-    per_kind = np.stack([page_views, product_views, searches, carts, is_checkout.astype(np.int64)], axis=1)
+    kinds = np.array(
+        ["page_view", "product_view", "search", "add_to_cart", "checkout"], dtype=object
+    )
+    per_kind = np.stack(
+        [page_views, product_views, searches, carts, is_checkout.astype(np.int64)], axis=1
+    )
     events_per_session = per_kind.sum(axis=1)
     session_of_event = np.repeat(np.arange(s), events_per_session)
     kind_of_event = np.repeat(np.tile(np.arange(5), s), per_kind.ravel())
@@ -413,9 +493,19 @@ def _web_sessions(rng, people, buckets, counters, day_us, session_rate, hour, de
     event_us = start[session_of_event] + offset
     if is_checkout.any():
         # The checkout session ends at the order time, not after it.
-        event_us = np.where(is_checkout[session_of_event], np.minimum(event_us, order_us[checkout][np.maximum(session_of_event - browsing.size, 0)]), event_us)
+        event_us = np.where(
+            is_checkout[session_of_event],
+            np.minimum(
+                event_us, order_us[checkout][np.maximum(session_of_event - browsing.size, 0)]
+            ),
+            event_us,
+        )
     customer = session_customer[session_of_event]
-    category = np.where(rng.random(customer.size) < 0.6, people.category[customer], rng.integers(0, len(CATEGORIES), customer.size))
+    category = np.where(
+        rng.random(customer.size) < 0.6,
+        people.category[customer],
+        rng.integers(0, len(CATEGORIES), customer.size),
+    )
     session_ids = _ids("S", counters["sessions"] + 1, s, 10)
     table = pa.table(
         {
@@ -425,7 +515,10 @@ def _web_sessions(rng, people, buckets, counters, day_us, session_rate, hour, de
             "event_type": pa.array(kinds[kind_of_event], type=pa.string()),
             "occurred_at": _timestamps(event_us),
             "device": _device_column(rng, device[customer]),
-            "category": pa.array(np.where(np.isin(kind_of_event, (1, 3, 4)), CATEGORIES[category], None), type=pa.string()),
+            "category": pa.array(
+                np.where(np.isin(kind_of_event, (1, 3, 4)), CATEGORIES[category], None),
+                type=pa.string(),
+            ),
         }
     )
     counters["sessions"] += s
@@ -442,8 +535,12 @@ def _offsets_within(gaps: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return running - np.repeat(running[starts], lengths)
 
 
-def _campaign(rng, people, buckets, counters, day, day_us, signed_up, churned, open_p, hour, device) -> None:
-    reachable = signed_up & people.opt_in & ~people.unsubscribed & ~people.bounced & ~people.invalid_address
+def _campaign(
+    rng, people, buckets, counters, day, day_us, signed_up, churned, open_p, hour, device
+) -> None:
+    reachable = (
+        signed_up & people.opt_in & ~people.unsubscribed & ~people.bounced & ~people.invalid_address
+    )
     reached = np.flatnonzero(reachable & (rng.random(people.n) < CAMPAIGN_REACH))
     campaign_id = f"CMP-{day:%Y%m%d}-{'A' if day.weekday() == CAMPAIGN_WEEKDAYS[0] else 'B'}"
     sent_us = day_us + 10 * HOUR_US + rng.integers(0, HOUR_US, reached.size)
@@ -456,8 +553,13 @@ def _campaign(rng, people, buckets, counters, day, day_us, signed_up, churned, o
     open_us = day_us + open_in_day + np.where(open_in_day < 11 * HOUR_US, DAY_US, 0)
     open_us = np.maximum(open_us, sent_us[~bounces][opened_mask] + 60_000_000)
     clicked_mask = rng.random(opened.size) < people.click_p[opened]
-    clicked, click_us = opened[clicked_mask], open_us[clicked_mask] + rng.integers(5, 600, clicked_mask.sum()) * 1_000_000
-    unsubscribing_mask = rng.random(delivered.size) < people.unsubscribe_p[delivered] * np.where(churned[delivered], 3.0, 1.0)
+    clicked, click_us = (
+        opened[clicked_mask],
+        open_us[clicked_mask] + rng.integers(5, 600, clicked_mask.sum()) * 1_000_000,
+    )
+    unsubscribing_mask = rng.random(delivered.size) < people.unsubscribe_p[delivered] * np.where(
+        churned[delivered], 3.0, 1.0
+    )
     unsubscribing = delivered[unsubscribing_mask]
     complaining = delivered[rng.random(delivered.size) < 0.0002]
     people.unsubscribed[unsubscribing] = True

@@ -25,7 +25,9 @@ SAMPLE_END = dt.date(2026, 6, 30)
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     data = tmp_path / "data"
-    return load_settings({"SEGFLOW_DATA_DIR": str(data), "SEGFLOW_LANDING_DIR": str(tmp_path / "landing")})
+    return load_settings(
+        {"SEGFLOW_DATA_DIR": str(data), "SEGFLOW_LANDING_DIR": str(tmp_path / "landing")}
+    )
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,9 @@ ORDERS = [
 ]
 
 
-def write_csv(landing: Path, relative: str, rows: list[dict], header: list[str] | None = None) -> Path:
+def write_csv(
+    landing: Path, relative: str, rows: list[dict], header: list[str] | None = None
+) -> Path:
     path = landing / relative
     path.parent.mkdir(parents=True, exist_ok=True)
     header = header or list(rows[0])
@@ -68,7 +70,9 @@ def table_snapshot(settings: Settings) -> dict[str, list[tuple]]:
 # --------------------------------------------------------------------------- idempotence
 
 
-def test_loading_the_same_files_twice_gives_the_same_raw_rows(settings: Settings, landing_copy: Path):
+def test_loading_the_same_files_twice_gives_the_same_raw_rows(
+    settings: Settings, landing_copy: Path
+):
     first = ingest(settings)
     before = table_snapshot(settings)
     second = ingest(settings)
@@ -102,7 +106,9 @@ def test_a_changed_file_replaces_the_rows_it_loaded(settings: Settings):
 def test_every_raw_row_keeps_its_source_file_and_row(settings: Settings):
     minimal_landing(settings.landing_dir)
     ingest(settings)
-    assert query(settings, "SELECT order_id, _source_file, _source_row FROM raw.orders ORDER BY 1") == [
+    assert query(
+        settings, "SELECT order_id, _source_file, _source_row FROM raw.orders ORDER BY 1"
+    ) == [
         ("o1", "orders/date=2026-06-02/part-0.csv", 1),
         ("o2", "orders/date=2026-06-02/part-0.csv", 2),
     ]
@@ -110,12 +116,18 @@ def test_every_raw_row_keeps_its_source_file_and_row(settings: Settings):
 
 def test_partitions_after_the_as_of_date_wait_for_their_run(settings: Settings):
     minimal_landing(settings.landing_dir)
-    later = [{"order_id": "o3", "customer_id": "c1", "ordered_at": "2026-06-03 09:00", "amount": "1"}]
+    later = [
+        {"order_id": "o3", "customer_id": "c1", "ordered_at": "2026-06-03 09:00", "amount": "1"}
+    ]
     write_csv(settings.landing_dir, "orders/date=2026-06-03/part-0.csv", later)
     ingest(settings, as_of=dt.date(2026, 6, 2))
     assert query(settings, "SELECT order_id FROM raw.orders ORDER BY 1") == [("o1",), ("o2",)]
     ingest(settings, as_of=dt.date(2026, 6, 3))
-    assert query(settings, "SELECT order_id FROM raw.orders ORDER BY 1") == [("o1",), ("o2",), ("o3",)]
+    assert query(settings, "SELECT order_id FROM raw.orders ORDER BY 1") == [
+        ("o1",),
+        ("o2",),
+        ("o3",),
+    ]
 
 
 # --------------------------------------------------------------------------- formats and names
@@ -123,10 +135,16 @@ def test_partitions_after_the_as_of_date_wait_for_their_run(settings: Settings):
 
 def test_csv_and_parquet_mix_with_case_insensitive_headers_and_extra_columns(settings: Settings):
     landing = settings.landing_dir
-    write_csv(landing, "customers/a.csv", [dict(CUSTOMERS[0], loyalty_tier="gold")],
-              header=["customer_id", "email", "signup_at", "loyalty_tier"])
+    write_csv(
+        landing,
+        "customers/a.csv",
+        [dict(CUSTOMERS[0], loyalty_tier="gold")],
+        header=["customer_id", "email", "signup_at", "loyalty_tier"],
+    )
     # Same header in other cases and spellings: `Customer ID` is customer_id.
-    (landing / "customers/b.csv").write_text("Customer ID,EMAIL,Signup-At\nc2,two@example.com,2026-01-02\n")
+    (landing / "customers/b.csv").write_text(
+        "Customer ID,EMAIL,Signup-At\nc2,two@example.com,2026-01-02\n"
+    )
     orders = pd.DataFrame(
         {
             "ORDER_ID": ["o1"],
@@ -144,9 +162,10 @@ def test_csv_and_parquet_mix_with_case_insensitive_headers_and_extra_columns(set
         ("c2", None),
     ]
     # A timestamp with a zone is stored in UTC; extra columns are kept as JSON.
-    assert query(settings, "SELECT order_id, customer_id, ordered_at, amount::VARCHAR, _extra::VARCHAR FROM raw.orders") == [
-        ("o1", "c2", dt.datetime(2026, 6, 1, 8, 0), "12.50", '{"coupon":"SUMMER"}')
-    ]
+    assert query(
+        settings,
+        "SELECT order_id, customer_id, ordered_at, amount::VARCHAR, _extra::VARCHAR FROM raw.orders",
+    ) == [("o1", "c2", dt.datetime(2026, 6, 1, 8, 0), "12.50", '{"coupon":"SUMMER"}')]
 
 
 def test_timestamps_without_offset_are_utc_and_offsets_are_converted(settings: Settings):
@@ -194,12 +213,16 @@ def test_a_missing_required_column_names_file_and_column(settings: Settings):
         "orders/date=2026-06-02/part-0.csv: column 'amount': required column of orders is missing"
         " (the file has: order_id, customer_id, ordered_at)"
     )
-    assert not settings.warehouse_path.exists() or query(settings, "SELECT count(*) FROM raw.customers") == [(0,)]
+    assert not settings.warehouse_path.exists() or query(
+        settings, "SELECT count(*) FROM raw.customers"
+    ) == [(0,)]
 
 
 def test_an_unparseable_file_names_the_file_and_nothing_is_loaded(settings: Settings):
     minimal_landing(settings.landing_dir)
-    (settings.landing_dir / "orders/date=2026-06-02/broken.parquet").write_bytes(b"PAR1 this is not parquet")
+    (settings.landing_dir / "orders/date=2026-06-02/broken.parquet").write_bytes(
+        b"PAR1 this is not parquet"
+    )
     with pytest.raises(ContractViolation) as error:
         ingest(settings)
     assert error.value.file == "orders/date=2026-06-02/broken.parquet"
@@ -233,7 +256,9 @@ def test_semicolon_separated_csv_is_read(settings: Settings):
 def test_a_partition_that_is_not_a_date_is_refused(settings: Settings):
     minimal_landing(settings.landing_dir)
     write_csv(settings.landing_dir, "orders/date=2026-13-01/part-0.csv", ORDERS)
-    with pytest.raises(ContractViolation, match=r"partition folder 'date=2026-13-01' is not a date"):
+    with pytest.raises(
+        ContractViolation, match=r"partition folder 'date=2026-13-01' is not a date"
+    ):
         ingest(settings)
 
 
@@ -241,8 +266,14 @@ def test_a_partition_that_is_not_a_date_is_refused(settings: Settings):
 
 
 def bad_order(**changes) -> dict:
-    row = {"order_id": "bad", "customer_id": "c1", "ordered_at": "2026-06-01 10:00", "amount": "3",
-           "items": "", "status": ""}
+    row = {
+        "order_id": "bad",
+        "customer_id": "c1",
+        "ordered_at": "2026-06-01 10:00",
+        "amount": "3",
+        "items": "",
+        "status": "",
+    }
     row.update(changes)
     return row
 
@@ -253,14 +284,31 @@ def bad_order(**changes) -> dict:
         ({"amount": "-3.50"}, "amount", "must be >= 0", "rejected"),
         ({"amount": "€3"}, "amount", "not a valid decimal", "rejected"),
         ({"ordered_at": "yesterday"}, "ordered_at", "not a valid timestamp", "rejected"),
-        ({"ordered_at": "2026-07-01 12:00:01"}, "ordered_at",
-         "must not be later than the load time (2026-07-01 12:00:00 UTC)", "rejected"),
-        ({"customer_id": "ghost"}, "customer_id",
-         "must reference a known customer (no such customer_id in customers)", "rejected"),
+        (
+            {"ordered_at": "2026-07-01 12:00:01"},
+            "ordered_at",
+            "must not be later than the load time (2026-07-01 12:00:00 UTC)",
+            "rejected",
+        ),
+        (
+            {"customer_id": "ghost"},
+            "customer_id",
+            "must reference a known customer (no such customer_id in customers)",
+            "rejected",
+        ),
         ({"order_id": ""}, "order_id", "required value is missing", "rejected"),
-        ({"order_id": "o1"}, "order_id",
-         "must be unique (first seen in orders/date=2026-06-02/part-0.csv row 1)", "rejected"),
-        ({"status": "pending"}, "status", "must be one of completed, cancelled, refunded", "rejected"),
+        (
+            {"order_id": "o1"},
+            "order_id",
+            "must be unique (first seen in orders/date=2026-06-02/part-0.csv row 1)",
+            "rejected",
+        ),
+        (
+            {"status": "pending"},
+            "status",
+            "must be one of completed, cancelled, refunded",
+            "rejected",
+        ),
         ({"items": "0"}, "items", "must be >= 1", "nulled"),
         ({"items": "two"}, "items", "not a valid integer", "nulled"),
     ],
@@ -274,7 +322,9 @@ def test_each_row_violation_is_quarantined_with_its_reason(
     found = [v for v in violations(settings) if v[1].endswith("part-1.csv")]
     assert [(v[3], v[4], v[6]) for v in found] == [(column, rule, action)]
     assert found[0][2] == 1  # the file's first data row
-    loaded = query(settings, "SELECT order_id FROM raw.orders WHERE _source_file LIKE '%part-1.csv'")
+    loaded = query(
+        settings, "SELECT order_id FROM raw.orders WHERE _source_file LIKE '%part-1.csv'"
+    )
     if action == "rejected":
         assert loaded == []
         assert report.entities["orders"].rows_rejected == 1
@@ -289,43 +339,79 @@ def test_quarantine_keeps_the_original_record(settings: Settings):
     minimal_landing(settings.landing_dir)
     write_csv(settings.landing_dir, "orders/date=2026-06-02/part-1.csv", [bad_order(amount="-1")])
     ingest(settings)
-    record = query(settings, "SELECT record->>'amount', record->>'order_id' FROM quarantine.violations")
+    record = query(
+        settings, "SELECT record->>'amount', record->>'order_id' FROM quarantine.violations"
+    )
     assert record == [("-1", "bad")]
 
 
 @pytest.mark.parametrize(
     ("entity", "row", "column", "rule"),
     [
-        ("email_events",
-         {"event_id": "e1", "customer_id": "c1", "campaign_id": "k1", "event_type": "opened",
-          "occurred_at": "2026-06-01 10:00"},
-         "event_type", "must be one of sent, delivered, open, click, bounce, unsubscribe, complaint"),
-        ("web_events",
-         {"event_id": "w1", "customer_id": "c1", "session_id": "s1", "event_type": "wishlist",
-          "occurred_at": "2026-06-01 10:00"},
-         "event_type", "must be one of page_view, product_view, add_to_cart, checkout, search"),
-        ("reviews",
-         {"review_id": "r1", "customer_id": "c1", "created_at": "2026-06-01", "rating": "7"},
-         "rating", "must be <= 5"),
-        ("web_events",
-         {"event_id": "w2", "customer_id": "nobody", "session_id": "s1", "event_type": "search",
-          "occurred_at": "2026-06-01 10:00"},
-         "customer_id", "must reference a known customer (no such customer_id in customers)"),
+        (
+            "email_events",
+            {
+                "event_id": "e1",
+                "customer_id": "c1",
+                "campaign_id": "k1",
+                "event_type": "opened",
+                "occurred_at": "2026-06-01 10:00",
+            },
+            "event_type",
+            "must be one of sent, delivered, open, click, bounce, unsubscribe, complaint",
+        ),
+        (
+            "web_events",
+            {
+                "event_id": "w1",
+                "customer_id": "c1",
+                "session_id": "s1",
+                "event_type": "wishlist",
+                "occurred_at": "2026-06-01 10:00",
+            },
+            "event_type",
+            "must be one of page_view, product_view, add_to_cart, checkout, search",
+        ),
+        (
+            "reviews",
+            {"review_id": "r1", "customer_id": "c1", "created_at": "2026-06-01", "rating": "7"},
+            "rating",
+            "must be <= 5",
+        ),
+        (
+            "web_events",
+            {
+                "event_id": "w2",
+                "customer_id": "nobody",
+                "session_id": "s1",
+                "event_type": "search",
+                "occurred_at": "2026-06-01 10:00",
+            },
+            "customer_id",
+            "must reference a known customer (no such customer_id in customers)",
+        ),
     ],
 )
-def test_optional_entities_are_checked_too(settings: Settings, entity: str, row: dict, column: str, rule: str):
+def test_optional_entities_are_checked_too(
+    settings: Settings, entity: str, row: dict, column: str, rule: str
+):
     minimal_landing(settings.landing_dir)
     write_csv(settings.landing_dir, f"{entity}/date=2026-06-01/part-0.csv", [row])
     ingest(settings)
-    assert [(v[0], v[3], v[4], v[6]) for v in violations(settings)] == [(entity, column, rule, "rejected")]
+    assert [(v[0], v[3], v[4], v[6]) for v in violations(settings)] == [
+        (entity, column, rule, "rejected")
+    ]
     assert query(settings, f"SELECT count(*) FROM raw.{entity}") == [(0,)]
 
 
 def test_duplicates_against_earlier_runs_are_quarantined(settings: Settings):
     minimal_landing(settings.landing_dir)
     ingest(settings)
-    write_csv(settings.landing_dir, "orders/date=2026-06-03/part-0.csv",
-              [dict(ORDERS[1], ordered_at="2026-06-03 10:00")])
+    write_csv(
+        settings.landing_dir,
+        "orders/date=2026-06-03/part-0.csv",
+        [dict(ORDERS[1], ordered_at="2026-06-03 10:00")],
+    )
     ingest(settings)
     assert [(v[3], v[4]) for v in violations(settings)] == [
         ("order_id", "must be unique (first seen in orders/date=2026-06-02/part-0.csv row 2)")
@@ -334,14 +420,18 @@ def test_duplicates_against_earlier_runs_are_quarantined(settings: Settings):
 
 
 def test_customer_attributes_that_break_a_rule_are_nulled_not_dropped(settings: Settings):
-    customers = [dict(CUSTOMERS[0], country="Germany", birth_year="1850", email_opt_in="maybe"), CUSTOMERS[1]]
+    customers = [
+        dict(CUSTOMERS[0], country="Germany", birth_year="1850", email_opt_in="maybe"),
+        CUSTOMERS[1],
+    ]
     write_csv(settings.landing_dir, "customers/c.csv", customers)
     write_csv(settings.landing_dir, "orders/o.csv", ORDERS)
     ingest(settings)
     # The customer stays (so their orders are not orphaned); the bad values are kept in quarantine.
-    assert query(settings, "SELECT customer_id, country, birth_year, email_opt_in FROM raw.customers ORDER BY 1") == [
-        ("c1", None, None, None), ("c2", None, None, None)
-    ]
+    assert query(
+        settings,
+        "SELECT customer_id, country, birth_year, email_opt_in FROM raw.customers ORDER BY 1",
+    ) == [("c1", None, None, None), ("c2", None, None, None)]
     assert [(v[3], v[4], v[5], v[6]) for v in violations(settings)] == [
         ("birth_year", "must be >= 1900", "1850", "nulled"),
         ("country", "must be ISO-3166 alpha-2", "Germany", "nulled"),
@@ -355,5 +445,8 @@ def test_summary_reports_tables_and_quarantine(settings: Settings):
     write_csv(settings.landing_dir, "orders/date=2026-06-02/part-1.csv", [bad_order(amount="-1")])
     ingest(settings)
     summary = raw_summary(settings)
-    assert "  orders                   2 rows from     2 files, ordered_at 2026-06-01 .. 2026-06-02" in summary
+    assert (
+        "  orders                   2 rows from     2 files, ordered_at 2026-06-01 .. 2026-06-02"
+        in summary
+    )
     assert "1 orders.amount: must be >= 0 -> row rejected" in summary
