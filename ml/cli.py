@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from ml.config import ConfigError, load_settings
+from ml.features import FeatureBuildError
 from ml.ingest import ContractViolation
 
 
@@ -65,6 +66,13 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     print(report.summary())
 
 
+def cmd_features(args: argparse.Namespace) -> None:
+    from ml.features import build_features
+
+    build_features(load_settings(), as_of=args.as_of, label_as_of=args.label_as_of)
+    print(f"customer_features built for {args.as_of}")
+
+
 def cmd_status(_: argparse.Namespace) -> None:
     from ml.ingest import raw_summary
 
@@ -78,6 +86,7 @@ SHOWN_SETTINGS = (
     "label_horizon_days",
     "mlflow_tracking_uri",
     "airflow_home",
+    "duckdb_memory_limit",
 )
 
 
@@ -110,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.set_defaults(handler=cmd_ingest)
 
+    features = commands.add_parser("features", help="build the feature marts with dbt for a date")
+    features.add_argument("--as-of", type=_date, required=True)
+    features.add_argument(
+        "--label-as-of", type=_date, help="date to label (default: as-of minus the label horizon)"
+    )
+    features.set_defaults(handler=cmd_features)
+
     status = commands.add_parser("status", help="what the warehouse holds, and the quarantine")
     status.set_defaults(handler=cmd_status)
 
@@ -129,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ContractViolation as error:
         print(f"segflow: landing data breaks the contract: {error}", file=sys.stderr)
+        return 1
+    except FeatureBuildError as error:
+        print(f"segflow: dbt failed:\n{error}", file=sys.stderr)
         return 1
     return 0
 

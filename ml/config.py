@@ -8,6 +8,7 @@ deployment is found before any data is touched.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ class Settings:
     label_horizon_days: int
     mlflow_tracking_uri: str
     airflow_home: Path
+    duckdb_memory_limit: str
+    """Memory DuckDB may use before spilling to disk (warehouse.duckdb.tmp/), e.g. 4GB."""
 
     @property
     def warehouse_path(self) -> Path:
@@ -84,6 +87,16 @@ def _tracking_uri(env: Mapping[str, str], name: str, default: str) -> str:
     return uri
 
 
+def _memory_size(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip()
+    if not re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", value, flags=re.IGNORECASE):
+        raise ConfigError(f"{name}={raw!r}: expected a memory size such as 4GB or 512MiB")
+    return value
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from `env` (default: the process environment)."""
     env = os.environ if env is None else env
@@ -96,4 +109,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             env, "MLFLOW_TRACKING_URI", f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}"
         ),
         airflow_home=_path(env, "AIRFLOW_HOME", PROJECT_DIR / ".airflow"),
+        duckdb_memory_limit=_memory_size(env, "SEGFLOW_DUCKDB_MEMORY_LIMIT", "4GB"),
     )

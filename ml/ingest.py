@@ -35,6 +35,9 @@ from ml.warehouse import connect
 log = logging.getLogger(__name__)
 
 LANDING_SUFFIXES = {".csv": "csv", ".parquet": "parquet"}
+BATCH_BYTES = 64 * 2**20
+"""Files are staged and checked in batches of about this much on disk, so the first load of
+a year of history for a million customers stays within memory (one batch at a time)."""
 PARTITION_PATTERN = re.compile(r"^date=(.+)$")
 LOADED_FILES_COLUMNS = (
     "entity",
@@ -565,7 +568,7 @@ def ingest_landing(
     discovered = discover_landing_files(settings.landing_dir)
     report = IngestReport(as_of=as_of, loaded_at=loaded_at)
 
-    with connect(settings.warehouse_path) as con:
+    with connect(settings) as con:
         ensure_raw_tables(con)
         previous = {
             (entity, source): (sha, size, mtime)
@@ -612,6 +615,19 @@ def ingest_landing(
     return report
 
 
+def _batches(items: list[_PlannedFile]) -> list[list[_PlannedFile]]:
+    batches: list[list[_PlannedFile]] = [[]]
+    size = 0
+    for item in items:
+        file_size = item.file.path.stat().st_size
+        if batches[-1] and size + file_size > BATCH_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(item)
+        size += file_size
+    return batches
+
+
 def _load_entity(
     con: duckdb.DuckDBPyConnection,
     entity: Entity,
@@ -653,7 +669,7 @@ def _load_entity(
             schema.extras,
         )
         groups.setdefault(signature, []).append(item)
-    for items in groups.values():
+    for items in (batch for group in groups.values() for batch in _batches(group)):
         files = [i.file for i in items]
         _stage_group(con, files, items[0].schema, landing_dir)
         record = _check_batch(con, entity, items[0].schema, loaded_at)
@@ -688,7 +704,7 @@ def _load_entity(
 
 def raw_summary(settings: Settings) -> str:
     """What the warehouse holds in raw and quarantine, for people (read-only)."""
-    with connect(settings.warehouse_path, read_only=True) as con:
+    with connect(settings, read_only=True) as con:
         lines = [f"warehouse {settings.warehouse_path}", "raw tables:"]
         for entity in ENTITIES:
             time_column = next(c.name for c in entity.columns if c.type == "timestamp")

@@ -463,15 +463,9 @@ def _web_sessions(
     rng, people, buckets, counters, day_us, session_rate, hour, device, buyer, order_us
 ) -> None:
     browsing = np.repeat(np.arange(people.n), rng.poisson(session_rate))
-    # Most orders come with a checkout session just before them.
+    # Most orders come with a checkout session that ends just before them.
     checkout = rng.random(buyer.size) < 0.8
     session_customer = np.concatenate([browsing, buyer[checkout]])
-    start = np.concatenate(
-        [
-            day_us + _hour_micros(rng, hour[browsing], 3.0),
-            order_us[checkout] - rng.integers(120, 1200, checkout.sum()) * 1_000_000,
-        ]
-    )
     is_checkout = np.concatenate([np.zeros(browsing.size, bool), np.ones(checkout.sum(), bool)])
     s = session_customer.size
     page_views = 1 + rng.poisson(1.2, s)
@@ -481,6 +475,7 @@ def _web_sessions(
     kinds = np.array(
         ["page_view", "product_view", "search", "add_to_cart", "checkout"], dtype=object
     )
+    # Events of a session come in this order, so a checkout is its session's last event.
     per_kind = np.stack(
         [page_views, product_views, searches, carts, is_checkout.astype(np.int64)], axis=1
     )
@@ -490,16 +485,16 @@ def _web_sessions(
     # Events within a session follow each other by 10 s to 3 min.
     gaps = rng.integers(10, 180, session_of_event.size) * 1_000_000
     offset = _offsets_within(gaps, events_per_session)
+    duration = np.zeros(s, dtype=np.int64)
+    np.maximum.at(duration, session_of_event, offset)
+    start = np.concatenate(
+        [
+            day_us + _hour_micros(rng, hour[browsing], 3.0),
+            order_us[checkout] - duration[browsing.size :] - 30_000_000,
+        ]
+    )
     event_us = start[session_of_event] + offset
-    if is_checkout.any():
-        # The checkout session ends at the order time, not after it.
-        event_us = np.where(
-            is_checkout[session_of_event],
-            np.minimum(
-                event_us, order_us[checkout][np.maximum(session_of_event - browsing.size, 0)]
-            ),
-            event_us,
-        )
+    session_device = _device_column(rng, device[session_customer])
     customer = session_customer[session_of_event]
     category = np.where(
         rng.random(customer.size) < 0.6,
@@ -514,7 +509,7 @@ def _web_sessions(
             "session_id": session_ids.take(pa.array(session_of_event)),
             "event_type": pa.array(kinds[kind_of_event], type=pa.string()),
             "occurred_at": _timestamps(event_us),
-            "device": _device_column(rng, device[customer]),
+            "device": session_device.take(pa.array(session_of_event)),
             "category": pa.array(
                 np.where(np.isin(kind_of_event, (1, 3, 4)), CATEGORIES[category], None),
                 type=pa.string(),

@@ -11,9 +11,10 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import duckdb
+
+from ml.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +27,11 @@ def _is_lock_conflict(error: duckdb.Error) -> bool:
 
 @contextmanager
 def connect(
-    path: Path, *, read_only: bool = False, lock_wait_seconds: float = LOCK_WAIT_SECONDS
+    settings: Settings, *, read_only: bool = False, lock_wait_seconds: float = LOCK_WAIT_SECONDS
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the warehouse (creating it for writers), always in UTC, and close it afterwards."""
+    """Open the warehouse (creating it for writers), always in UTC and within the configured
+    memory limit, and close it afterwards."""
+    path = settings.warehouse_path
     if read_only and not path.exists():
         raise FileNotFoundError(
             f"warehouse {path} does not exist yet: run the pipeline (make run AS_OF=...) first"
@@ -50,6 +53,7 @@ def connect(
         # Timestamps inside the warehouse are UTC; never let the machine's zone leak in.
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET enable_progress_bar = false")
+        con.execute(f"SET memory_limit = '{settings.duckdb_memory_limit}'")
         yield con
     finally:
         con.close()

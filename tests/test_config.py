@@ -13,6 +13,7 @@ def test_defaults_live_inside_the_project():
     assert settings.label_horizon_days == 30
     assert settings.mlflow_tracking_uri == f"sqlite:///{PROJECT_DIR}/data/mlflow/mlflow.db"
     assert settings.airflow_home == PROJECT_DIR / ".airflow"
+    assert settings.duckdb_memory_limit == "4GB"
 
 
 def test_environment_overrides_every_setting(tmp_path: Path):
@@ -23,8 +24,10 @@ def test_environment_overrides_every_setting(tmp_path: Path):
             "SEGFLOW_LABEL_HORIZON_DAYS": "14",
             "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
             "AIRFLOW_HOME": str(tmp_path / "af"),
+            "SEGFLOW_DUCKDB_MEMORY_LIMIT": "512MiB",
         }
     )
+    assert settings.duckdb_memory_limit == "512MiB"
     assert settings.data_dir == tmp_path / "work"
     assert settings.warehouse_path == tmp_path / "work" / "warehouse.duckdb"
     assert settings.landing_dir == tmp_path / "export"
@@ -46,6 +49,7 @@ def test_landing_follows_an_overridden_data_dir(tmp_path: Path):
         ("SEGFLOW_LABEL_HORIZON_DAYS", "0", "must be at least 1"),
         ("MLFLOW_TRACKING_URI", "data/mlflow.db", "expected a URI"),
         ("MLFLOW_TRACKING_URI", "ftp://host/x", "expected a URI"),
+        ("SEGFLOW_DUCKDB_MEMORY_LIMIT", "lots", "expected a memory size"),
     ],
 )
 def test_a_wrong_value_names_the_variable(name: str, value: str, expected: str):

@@ -1,0 +1,87 @@
+"""Building the feature marts with dbt for an as-of date.
+
+dbt runs in a child process: the DuckDB file is released the moment dbt exits (dbt's
+in-process runner keeps it open), and a failure is reported with the failing nodes.
+Airflow runs the same project model by model through Cosmos (dags/segment_pipeline.py);
+this is the path for the CLI, tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ml.config import PROJECT_DIR, Settings
+
+log = logging.getLogger(__name__)
+
+DBT_PROJECT_DIR = PROJECT_DIR / "dbt_project"
+DBT_EXECUTABLE = Path(sys.executable).with_name("dbt")
+
+
+class FeatureBuildError(RuntimeError):
+    """dbt failed: the message lists each failing model or test with its error."""
+
+
+def dbt_environment(settings: Settings) -> dict[str, str]:
+    """What dbt needs from segflow's configuration (profiles.yml reads these)."""
+    return {
+        "SEGFLOW_WAREHOUSE_PATH": str(settings.warehouse_path),
+        "SEGFLOW_DUCKDB_MEMORY_LIMIT": settings.duckdb_memory_limit,
+        "DBT_PROFILES_DIR": str(DBT_PROJECT_DIR),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+    }
+
+
+def dbt_vars(settings: Settings, as_of: dt.date, label_as_of: dt.date | None = None) -> str:
+    values = {"as_of_date": as_of.isoformat(), "label_horizon_days": settings.label_horizon_days}
+    if label_as_of is not None:
+        values["label_as_of_date"] = label_as_of.isoformat()
+    return json.dumps(values)
+
+
+def run_dbt(settings: Settings, *args: str) -> subprocess.CompletedProcess:
+    """Run a dbt command on the project; raise FeatureBuildError naming what failed."""
+    command = [str(DBT_EXECUTABLE), *args, "--project-dir", str(DBT_PROJECT_DIR)]
+    result = subprocess.run(
+        command,
+        env={**os.environ, **dbt_environment(settings)},
+        cwd=DBT_PROJECT_DIR,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise FeatureBuildError(
+            _failures(result.stdout) or result.stdout[-4000:] + result.stderr[-2000:]
+        )
+    return result
+
+
+def _failures(output: str) -> str:
+    """The lines of dbt's summary that say what failed and why."""
+    lines = output.splitlines()
+    start = next((i for i, line in enumerate(lines) if "Completed with" in line), None)
+    return "\n".join(lines[start:]) if start is not None else ""
+
+
+def build_features(
+    settings: Settings,
+    as_of: dt.date,
+    label_as_of: dt.date | None = None,
+    select: str | None = None,
+) -> str:
+    """Score new review texts, then `dbt build` (models, tests, unit tests) for `as_of`."""
+    from ml.text_signal import score_review_sentiment
+
+    score_review_sentiment(settings, as_of)
+    args = ["build", "--vars", dbt_vars(settings, as_of, label_as_of)]
+    if select:
+        args += ["--select", select]
+    result = run_dbt(settings, *args)
+    log.info("dbt build for %s:\n%s", as_of, result.stdout[-1500:])
+    return result.stdout
