@@ -30,9 +30,12 @@ DEMO_END ?= 2026-10-31
 DEMO_SEED ?= 7
 DEMO_STAMP := $(SEGFLOW_LANDING_DIR)/.generated-$(DEMO_CUSTOMERS)-$(DEMO_DAYS)-$(DEMO_END)-$(DEMO_SEED)
 AIRFLOW_READY := $(AIRFLOW_HOME)/.initialized
+DBT_MANIFEST := dbt_project/target/manifest.json
+DBT_SOURCES := $(shell find dbt_project/models dbt_project/macros dbt_project/tests -type f) \
+	dbt_project/dbt_project.yml dbt_project/profiles.yml
 SCALE ?= 1000000
 
-.PHONY: help setup demo run test test-fast lint format up down bench clean airflow-init
+.PHONY: help setup demo run test test-fast lint format up down bench clean airflow-init dbt-docs
 
 help:
 	@echo "make demo                 set up, generate $(DEMO_CUSTOMERS) customers, run the pipeline through Airflow"
@@ -42,7 +45,11 @@ help:
 	@echo "make bench [SCALE=N]      benchmarks -> docs/benchmarks.md"
 	@echo "make lint / make format   ruff"
 
-setup: $(INSTALLED)
+setup: $(INSTALLED) $(DBT_MANIFEST)
+
+# Cosmos renders the dbt tasks from this manifest, so parsing the DAG never runs dbt.
+$(DBT_MANIFEST): $(INSTALLED) $(DBT_SOURCES)
+	$(BIN)/segflow dbt parse --quiet
 
 $(INSTALLED): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,7 +60,7 @@ $(INSTALLED): requirements.lock pyproject.toml
 
 airflow-init: $(AIRFLOW_READY)
 
-$(AIRFLOW_READY): $(INSTALLED)
+$(AIRFLOW_READY): $(INSTALLED) $(DBT_MANIFEST)
 	@mkdir -p $(AIRFLOW_HOME)
 	$(BIN)/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || (cat $(AIRFLOW_HOME)/db-migrate.log; exit 1)
 	$(BIN)/airflow pools set warehouse 1 "DuckDB allows one writer: every warehouse-writing task" > /dev/null
@@ -76,10 +83,10 @@ run: $(AIRFLOW_READY)
 	@sed -n '/ingest as of/,/reviews /p' $(AIRFLOW_HOME)/last-run.log | sed -E 's/^[^ ]+ \[info *\] //; s/ \[ml\.ingest\].*$$//'
 	@echo "run for $(AS_OF) succeeded; log: $(AIRFLOW_HOME)/last-run.log"
 
-test: $(INSTALLED)
+test: $(INSTALLED) $(DBT_MANIFEST)
 	$(BIN)/pytest
 
-test-fast: $(INSTALLED)
+test-fast: $(INSTALLED) $(DBT_MANIFEST)
 	$(BIN)/pytest -m "not slow"
 
 lint: $(INSTALLED)
@@ -127,6 +134,10 @@ down:
 			rm -f $(RUN_DIR)/$$name.pid; \
 		fi; \
 	done
+
+dbt-docs: $(INSTALLED)
+	$(BIN)/segflow dbt docs generate --vars '{as_of_date: $(DEMO_END)}'
+	@echo "dbt docs: open dbt_project/target/static_index.html in a browser"
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/run.py --customers $(SCALE)

@@ -2,11 +2,17 @@
 ### segment_pipeline
 
 The daily run of segflow for one as-of date (the day of the run's logical date, or the
-`as_of_date` param): landing files up to that date are loaded into the warehouse's `raw` schema, with rows
-that break the data contract kept in `quarantine.violations` with their reason.
+`as_of_date` param):
+
+1. **ingest**: landing files up to that date into the warehouse's `raw` schema; rows that
+   break the data contract are kept in `quarantine.violations` with their reason.
+2. **score_review_texts**: the review text signal for reviews not scored yet.
+3. **features**: the dbt project through Cosmos, one task per model running the model and its
+   tests (`dbt build`): staging, intermediate, then the marts `customer_features` (for the
+   date) and `training_labels` (for the date minus the label horizon).
 
 Every task that writes the warehouse runs in the `warehouse` pool (one slot): DuckDB allows one
-writing process. Re-running a date changes nothing that is already loaded.
+writing process. Re-running a date gives the same tables.
 """
 
 from __future__ import annotations
@@ -14,11 +20,19 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
+from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
+from cosmos.constants import InvocationMode, LoadMode, TestBehavior
 
+from ml.config import load_settings
 from ml.contract import ENTITIES
+from ml.features import DBT_EXECUTABLE, DBT_PROJECT_DIR, dbt_environment
 from ml.orchestration import DEFAULT_ARGS, WAREHOUSE_POOL, resolve_as_of
 
 RAW_TABLES = [Asset(name=f"raw.{e.name}", uri=f"duckdb://segflow/raw/{e.name}") for e in ENTITIES]
+REVIEW_SENTIMENT = Asset(name="derived.review_sentiment", uri="duckdb://segflow/derived/review_sentiment")
+# The same date the Python tasks resolve (ml.orchestration.resolve_as_of), in Jinja for dbt.
+AS_OF_TEMPLATE = "{{ params.as_of_date or (logical_date or data_interval_start) | ds }}"
+SETTINGS = load_settings()
 
 
 @dag(
@@ -51,7 +65,50 @@ def segment_pipeline():
         )
         return {name: r.rows_loaded for name, r in report.entities.items()}
 
-    ingest()
+    @task(pool=WAREHOUSE_POOL, outlets=[REVIEW_SENTIMENT])
+    def score_review_texts(params=None, data_interval_start=None, logical_date=None) -> int:
+        """Score review texts written up to the as-of date that have no score yet."""
+        from ml.text_signal import score_review_sentiment
+
+        return score_review_sentiment(
+            load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
+        )
+
+    features = DbtTaskGroup(
+        group_id="features",
+        project_config=ProjectConfig(
+            dbt_project_path=DBT_PROJECT_DIR,
+            manifest_path=DBT_PROJECT_DIR / "target" / "manifest.json",
+            install_dbt_deps=False,
+        ),
+        profile_config=ProfileConfig(
+            profile_name="segflow",
+            target_name="local",
+            profiles_yml_filepath=DBT_PROJECT_DIR / "profiles.yml",
+        ),
+        execution_config=ExecutionConfig(
+            dbt_executable_path=str(DBT_EXECUTABLE),
+            # A dbt child process per task releases the DuckDB file when it exits.
+            invocation_mode=InvocationMode.SUBPROCESS,
+        ),
+        render_config=RenderConfig(
+            # The manifest is made by `make setup` (dbt parse): no dbt call when the DAG is parsed.
+            load_method=LoadMode.DBT_MANIFEST,
+            test_behavior=TestBehavior.BUILD,
+        ),
+        operator_args={
+            "pool": WAREHOUSE_POOL,
+            "env": dbt_environment(SETTINGS),
+            "append_env": True,
+            "vars": {
+                "as_of_date": AS_OF_TEMPLATE,
+                "label_horizon_days": SETTINGS.label_horizon_days,
+            },
+        },
+        default_args=DEFAULT_ARGS,
+    )
+
+    ingest() >> score_review_texts() >> features
 
 
 segment_pipeline()

@@ -73,6 +73,13 @@ def cmd_features(args: argparse.Namespace) -> None:
     print(f"customer_features built for {args.as_of}")
 
 
+def cmd_dbt(args: argparse.Namespace) -> None:
+    from ml.features import run_dbt
+
+    result = run_dbt(load_settings(), *args.dbt_args)
+    print(result.stdout, end="")
+
+
 def cmd_status(_: argparse.Namespace) -> None:
     from ml.ingest import raw_summary
 
@@ -125,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--label-as-of", type=_date, help="date to label (default: as-of minus the label horizon)"
     )
     features.set_defaults(handler=cmd_features)
+
+    dbt = commands.add_parser(
+        "dbt", help="run any dbt command on the project, configured for this warehouse"
+    )
+    dbt.add_argument("dbt_args", nargs=argparse.REMAINDER, help="e.g. docs generate")
+    dbt.set_defaults(handler=cmd_dbt)
 
     status = commands.add_parser("status", help="what the warehouse holds, and the quarantine")
     status.set_defaults(handler=cmd_status)

@@ -13,7 +13,8 @@ What a run does, for the landing folder and an as-of date:
    keeps the row out of raw and records it in `quarantine.violations` with the reason. A broken
    rule on an optional column keeps the row with that value set to null, and records the
    original value there too. Nothing is silently dropped.
-5. Writes all entities in one transaction: a failure leaves the warehouse as it was.
+5. Writes in transactions of a batch of files (about 64 MiB): every file's rows, quarantine and
+   load record land together or not at all, so an interrupted run is completed by the next.
 """
 
 from __future__ import annotations
@@ -243,6 +244,10 @@ def _reader(file: LandingFile) -> str:
 def _file_schema(con: duckdb.DuckDBPyConnection, entity: Entity, file: LandingFile) -> _FileSchema:
     try:
         described = con.execute(f"DESCRIBE SELECT * FROM {_reader(file)}").fetchall()
+        if file.format == "csv":
+            # A ragged row deep in a CSV only shows when the whole file is read: read it now,
+            # so that a broken file stops the run before anything is written.
+            con.execute(f"SELECT count(*) FROM {_reader(file)}").fetchone()
     except duckdb.Error as error:
         raise ContractViolation(
             file.relative, None, f"cannot be parsed as {file.format.upper()}: {error}"
@@ -600,17 +605,11 @@ def ingest_landing(
                 schema = _file_schema(con, entity, file)
                 plan[entity.name].append(_PlannedFile(file, schema, sha, known is not None))
 
-        con.execute("BEGIN TRANSACTION")
-        try:
-            for entity in ENTITIES:
-                if plan[entity.name]:
-                    _load_entity(
-                        con, entity, plan[entity.name], settings.landing_dir, loaded_at, report
-                    )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        for entity in ENTITIES:
+            if plan[entity.name]:
+                _load_entity(
+                    con, entity, plan[entity.name], settings.landing_dir, loaded_at, report
+                )
     log.info("%s", report.summary())
     return report
 
@@ -636,29 +635,10 @@ def _load_entity(
     loaded_at: dt.datetime,
     report: IngestReport,
 ) -> None:
+    """Load files of one entity, a batch per transaction: each file's rows, quarantine and
+    `loaded_files` record land together or not at all, and a batch that fails is retried whole
+    by the next run. Files with the same columns and types are staged together, in path order."""
     entity_report = report.entities[entity.name]
-    for item in planned:
-        if item.replaces:
-            log.warning("%s changed since it was loaded: replacing its rows", item.file.relative)
-            for table, column in (
-                (f"raw.{entity.name}", "_source_file"),
-                ("quarantine.violations", "source_file"),
-                ("raw.loaded_files", "source_file"),
-            ):
-                entity_filter = (
-                    ""
-                    if table.startswith("raw.") and table != "raw.loaded_files"
-                    else "entity = ? AND "
-                )
-                params = (
-                    [item.file.relative] if not entity_filter else [entity.name, item.file.relative]
-                )
-                con.execute(f"DELETE FROM {table} WHERE {entity_filter}{column} = ?", params)
-            entity_report.files_replaced += 1
-        else:
-            entity_report.files_loaded += 1
-
-    # Files with the same columns and types are staged and checked together, in path order.
     groups: dict[tuple, list[_PlannedFile]] = {}
     for item in planned:
         schema = item.schema
@@ -670,36 +650,63 @@ def _load_entity(
         )
         groups.setdefault(signature, []).append(item)
     for items in (batch for group in groups.values() for batch in _batches(group)):
-        files = [i.file for i in items]
-        _stage_group(con, files, items[0].schema, landing_dir)
-        record = _check_batch(con, entity, items[0].schema, loaded_at)
-        counts = _write_checked(con, entity, record, loaded_at)
-        rows = []
-        for item in items:
-            rows_in_file, loaded, rejected, nulled = counts.get(item.file.relative, (0, 0, 0, 0))
-            stat = item.file.path.stat()
-            rows.append(
-                (
-                    entity.name,
-                    item.file.relative,
-                    item.sha256,
-                    stat.st_size,
-                    stat.st_mtime_ns,
-                    item.file.partition_date,
-                    rows_in_file,
-                    loaded,
-                    rejected,
-                    nulled,
-                    loaded_at,
+        con.execute("BEGIN TRANSACTION")
+        try:
+            _forget_replaced_files(con, entity, [i for i in items if i.replaces])
+            _stage_group(con, [i.file for i in items], items[0].schema, landing_dir)
+            record = _check_batch(con, entity, items[0].schema, loaded_at)
+            counts = _write_checked(con, entity, record, loaded_at)
+            rows = []
+            for item in items:
+                rows_in_file, loaded, rejected, nulled = counts.get(
+                    item.file.relative, (0, 0, 0, 0)
                 )
+                stat = item.file.path.stat()
+                rows.append(
+                    (
+                        entity.name,
+                        item.file.relative,
+                        item.sha256,
+                        stat.st_size,
+                        stat.st_mtime_ns,
+                        item.file.partition_date,
+                        rows_in_file,
+                        loaded,
+                        rejected,
+                        nulled,
+                        loaded_at,
+                    )
+                )
+            loaded_files = pa.Table.from_pylist(  # noqa: F841  (read by name in the SQL below)
+                [dict(zip(LOADED_FILES_COLUMNS, row, strict=True)) for row in rows]
             )
-            entity_report.rows_loaded += loaded
-            entity_report.rows_rejected += rejected
-            entity_report.values_nullified += nulled
-        loaded_files = pa.Table.from_pylist(  # noqa: F841  (read by name in the SQL below)
-            [dict(zip(LOADED_FILES_COLUMNS, row, strict=True)) for row in rows]
-        )
-        con.execute("INSERT INTO raw.loaded_files SELECT * FROM loaded_files")
+            con.execute("INSERT INTO raw.loaded_files SELECT * FROM loaded_files")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        for item, row in zip(items, rows, strict=True):
+            if item.replaces:
+                entity_report.files_replaced += 1
+            else:
+                entity_report.files_loaded += 1
+            entity_report.rows_loaded += row[7]
+            entity_report.rows_rejected += row[8]
+            entity_report.values_nullified += row[9]
+
+
+def _forget_replaced_files(
+    con: duckdb.DuckDBPyConnection, entity: Entity, replaced: list[_PlannedFile]
+) -> None:
+    """A file whose content changed replaces what it loaded before: rows, quarantine, record."""
+    for item in replaced:
+        log.warning("%s changed since it was loaded: replacing its rows", item.file.relative)
+        source = item.file.relative
+        con.execute(f"DELETE FROM raw.{entity.name} WHERE _source_file = ?", [source])
+        for table in ("quarantine.violations", "raw.loaded_files"):
+            con.execute(
+                f"DELETE FROM {table} WHERE entity = ? AND source_file = ?", [entity.name, source]
+            )
 
 
 def raw_summary(settings: Settings) -> str:
