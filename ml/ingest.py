@@ -13,7 +13,7 @@ What a run does, for the landing folder and an as-of date:
    keeps the row out of raw and records it in `quarantine.violations` with the reason. A broken
    rule on an optional column keeps the row with that value set to null, and records the
    original value there too. Nothing is silently dropped.
-5. Writes in transactions of a batch of files (about 64 MiB): every file's rows, quarantine and
+5. Writes in transactions of a batch of files (about 32 MiB): every file's rows, quarantine and
    load record land together or not at all, so an interrupted run is completed by the next.
 """
 
@@ -36,7 +36,7 @@ from ml.warehouse import connect
 log = logging.getLogger(__name__)
 
 LANDING_SUFFIXES = {".csv": "csv", ".parquet": "parquet"}
-BATCH_BYTES = 64 * 2**20
+BATCH_BYTES = 32 * 2**20
 """Files are staged and checked in batches of about this much on disk, so the first load of
 a year of history for a million customers stays within memory (one batch at a time)."""
 PARTITION_PATTERN = re.compile(r"^date=(.+)$")
@@ -287,7 +287,7 @@ def _file_schema(con: duckdb.DuckDBPyConnection, entity: Entity, file: LandingFi
 def _stage_group(
     con: duckdb.DuckDBPyConnection, files: list[LandingFile], schema: _FileSchema, landing_dir: Path
 ) -> None:
-    """Copy files of one schema into the temporary `batch` table, contract columns by name."""
+    """The files of one schema as the temporary view `batch`, contract columns by name."""
     selects = []
     for column, source in schema.source_names.items():
         selects.append(
@@ -299,51 +299,39 @@ def _stage_group(
     else:
         selects.append("NULL::JSON AS _extra")
     columns = ", ".join(selects)
-    con.execute("DROP TABLE IF EXISTS batch")
     if files[0].format == "parquet":
         # One scan for all files; the reader numbers rows within each file.
         paths = ", ".join(_literal(str(f.path)) for f in files)
         prefix = len(str(landing_dir)) + 2
-        statements = [
-            (
-                files,
-                f"SELECT {columns}, substr(filename, {prefix}) AS _source_file, "
-                "file_row_number + 1 AS _source_row FROM read_parquet("
-                f"[{paths}], filename = true, file_row_number = true, hive_partitioning = false)",
-            )
+        selects = [
+            f"SELECT {columns}, substr(filename, {prefix}) AS _source_file, "
+            "file_row_number + 1 AS _source_row FROM read_parquet("
+            f"[{paths}], filename = true, file_row_number = true, hive_partitioning = false)"
         ]
     else:
         # A window over one plain CSV scan keeps file order: row 1 is the first data row.
-        statements = [
-            (
-                [f],
-                f"SELECT {columns}, {_literal(f.relative)} AS _source_file, "
-                f"row_number() OVER () AS _source_row FROM {_reader(f)}",
-            )
+        selects = [
+            f"SELECT {columns}, {_literal(f.relative)} AS _source_file, "
+            f"row_number() OVER () AS _source_row FROM {_reader(f)}"
             for f in files
         ]
-    for index, (covered, select) in enumerate(statements):
-        try:
-            if index == 0:
-                con.execute(f"CREATE TEMP TABLE batch AS {select}")
-            else:
-                con.execute(f"INSERT INTO batch {select}")
-        except duckdb.Error as error:
-            raise _unreadable(con, covered, error) from None
+    # A view: the files are read once, when the checks materialise `checked`.
+    con.execute(f"CREATE OR REPLACE TEMP VIEW batch AS {' UNION ALL '.join(selects)}")
 
 
-def _unreadable(
-    con: duckdb.DuckDBPyConnection, files: list[LandingFile], error: duckdb.Error
-) -> ContractViolation:
-    """Name the file that cannot be read (a group read only says that one of them failed)."""
+def _unreadable_file(
+    con: duckdb.DuckDBPyConnection, files: list[LandingFile]
+) -> ContractViolation | None:
+    """The file of a batch that cannot be read to the end (a corrupt Parquet page passes the
+    schema check and fails only when the data is read), if any."""
     for file in files:
         try:
             con.execute(f"SELECT count(*) FROM {_reader(file)}").fetchone()
-        except duckdb.Error as file_error:
+        except duckdb.Error as error:
             return ContractViolation(
-                file.relative, None, f"cannot be parsed as {file.format.upper()}: {file_error}"
+                file.relative, None, f"cannot be parsed as {file.format.upper()}: {error}"
             )
-    return ContractViolation(files[0].relative, None, f"cannot be read: {error}")
+    return None
 
 
 # --------------------------------------------------------------------------- row rules
@@ -531,8 +519,7 @@ def _write_checked(
         f"""INSERT INTO raw.{entity.name}
         SELECT {values}, _extra, _source_file, _source_row
         FROM (SELECT *, list_transform({nulled}, lambda v: v.column_name) AS _nulled
-              FROM checked WHERE NOT {rejected})
-        ORDER BY _source_file, _source_row"""
+              FROM checked WHERE NOT {rejected})"""
     )
     con.execute(
         f"""INSERT INTO quarantine.violations
@@ -654,7 +641,13 @@ def _load_entity(
         try:
             _forget_replaced_files(con, entity, [i for i in items if i.replaces])
             _stage_group(con, [i.file for i in items], items[0].schema, landing_dir)
-            record = _check_batch(con, entity, items[0].schema, loaded_at)
+            try:
+                record = _check_batch(con, entity, items[0].schema, loaded_at)
+            except duckdb.Error:
+                culprit = _unreadable_file(con, [i.file for i in items])
+                if culprit:
+                    raise culprit from None
+                raise
             counts = _write_checked(con, entity, record, loaded_at)
             rows = []
             for item in items:
