@@ -12,8 +12,9 @@ final as (
     select
         reviews.customer_id,
         count(*) as review_count,
-        avg(cast(reviews.rating as {{ dbt.type_float() }})) as avg_rating,
-        avg(sentiments.text_sentiment) as avg_review_sentiment
+        avg(cast(reviews.rating as double precision)) as avg_rating,
+        -- Averaged as decimals: exact, so independent of the order of summation (re-runs match).
+        cast(avg(cast(sentiments.text_sentiment as decimal(18, 6))) as double precision) as avg_review_sentiment
     from reviews
     left join sentiments on sentiments.review_id = reviews.review_id
     group by reviews.customer_id

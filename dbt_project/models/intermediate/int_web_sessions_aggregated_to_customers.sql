@@ -38,7 +38,9 @@ aggregated as (
         sum(add_to_carts) as add_to_carts_30d,
         sum(has_cart) as cart_sessions_30d,
         sum(case when has_cart = 1 and has_checkout = 0 then 1 else 0 end) as abandoned_cart_sessions_30d,
-        avg({{ dbt.datediff('started_at', 'ended_at', 'second') }} / 60.0) as avg_session_minutes_30d
+        -- Whole seconds summed exactly, divided once: a float average would depend on the order
+        -- in which parallel threads add, and re-runs must give identical output.
+        sum({{ dbt.datediff('started_at', 'ended_at', 'second') }}) / 60.0 / count(*) as avg_session_minutes_30d
     from sessions
     group by customer_id
 ),
