@@ -136,7 +136,7 @@ down:
 	done
 
 dbt-docs: $(INSTALLED)
-	$(BIN)/segflow dbt docs generate --vars '{as_of_date: $(DEMO_END)}'
+	$(BIN)/segflow dbt docs generate --static --vars '{as_of_date: $(DEMO_END)}'
 	@echo "dbt docs: open dbt_project/target/static_index.html in a browser"
 
 bench: $(INSTALLED)

@@ -29,7 +29,9 @@ from ml.features import DBT_EXECUTABLE, DBT_PROJECT_DIR, dbt_environment
 from ml.orchestration import DEFAULT_ARGS, WAREHOUSE_POOL, resolve_as_of
 
 RAW_TABLES = [Asset(name=f"raw.{e.name}", uri=f"duckdb://segflow/raw/{e.name}") for e in ENTITIES]
-REVIEW_SENTIMENT = Asset(name="derived.review_sentiment", uri="duckdb://segflow/derived/review_sentiment")
+REVIEW_SENTIMENT = Asset(
+    name="derived.review_sentiment", uri="duckdb://segflow/derived/review_sentiment"
+)
 # The same date the Python tasks resolve (ml.orchestration.resolve_as_of), in Jinja for dbt.
 AS_OF_TEMPLATE = "{{ params.as_of_date or (logical_date or data_interval_start) | ds }}"
 SETTINGS = load_settings()

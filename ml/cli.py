@@ -62,15 +62,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_ingest(args: argparse.Namespace) -> None:
     from ml.ingest import ingest_landing
 
-    report = ingest_landing(load_settings(), as_of=args.as_of)
-    print(report.summary())
+    ingest_landing(load_settings(), as_of=args.as_of)  # logs its summary
 
 
 def cmd_features(args: argparse.Namespace) -> None:
     from ml.features import build_features
 
     build_features(load_settings(), as_of=args.as_of, label_as_of=args.label_as_of)
-    print(f"customer_features built for {args.as_of}")
+    print(f"customer_features built for {args.as_of}, training_labels for its label date")
 
 
 def cmd_dbt(args: argparse.Namespace) -> None:
@@ -81,9 +80,12 @@ def cmd_dbt(args: argparse.Namespace) -> None:
 
 
 def cmd_status(_: argparse.Namespace) -> None:
+    from ml.features import features_summary
     from ml.ingest import raw_summary
 
-    print(raw_summary(load_settings()))
+    settings = load_settings()
+    print(raw_summary(settings))
+    print(features_summary(settings))
 
 
 SHOWN_SETTINGS = (

@@ -49,9 +49,15 @@ class Settings:
         return self.data_dir / "mlflow"
 
 
-def _path(env: Mapping[str, str], name: str, default: Path) -> Path:
+def _given(env: Mapping[str, str], name: str) -> str | None:
+    """The variable's value, or None when it is unset or blank (blank means: use the default)."""
     raw = env.get(name)
-    if raw is None or raw.strip() == "":
+    return None if raw is None or raw.strip() == "" else raw
+
+
+def _path(env: Mapping[str, str], name: str, default: Path) -> Path:
+    raw = _given(env, name)
+    if raw is None:
         return default
     path = Path(raw.strip()).expanduser()
     if path.exists() and not path.is_dir():
@@ -61,8 +67,8 @@ def _path(env: Mapping[str, str], name: str, default: Path) -> Path:
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
+    raw = _given(env, name)
+    if raw is None:
         return default
     try:
         value = int(raw.strip())
@@ -74,8 +80,8 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
 
 
 def _tracking_uri(env: Mapping[str, str], name: str, default: str) -> str:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
+    raw = _given(env, name)
+    if raw is None:
         return default
     uri = raw.strip()
     scheme = uri.split("://", 1)[0] if "://" in uri else ""
@@ -88,8 +94,8 @@ def _tracking_uri(env: Mapping[str, str], name: str, default: str) -> str:
 
 
 def _memory_size(env: Mapping[str, str], name: str, default: str) -> str:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
+    raw = _given(env, name)
+    if raw is None:
         return default
     value = raw.strip()
     if not re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", value, flags=re.IGNORECASE):

@@ -85,3 +85,35 @@ def build_features(
     result = run_dbt(settings, *args)
     log.info("dbt build for %s:\n%s", as_of, result.stdout[-1500:])
     return result.stdout
+
+
+def features_summary(settings: Settings) -> str:
+    """The newest features date: customers per RFM segment with their typical values."""
+    from ml.warehouse import connect
+
+    with connect(settings, read_only=True) as con:
+        exists = con.execute(
+            "SELECT count(*) FROM information_schema.tables "
+            "WHERE table_schema = 'marts' AND table_name = 'customer_features'"
+        ).fetchone()[0]
+        if not exists:
+            return "features: none built yet (segflow features --as-of YYYY-MM-DD, or make run)"
+        as_of = con.execute("SELECT max(as_of_date) FROM marts.customer_features").fetchone()[0]
+        rows = con.execute(
+            """SELECT rfm_segment, count(*), median(recency_days), avg(frequency), avg(monetary),
+                      avg(email_open_rate_90d)
+               FROM marts.customer_features WHERE as_of_date = ?
+               GROUP BY rfm_segment ORDER BY count(*) DESC""",
+            [as_of],
+        ).fetchall()
+    lines = [
+        f"customer_features as of {as_of}: RFM segments",
+        f"  {'segment':<20}{'customers':>10}{'recency':>9}{'orders':>8}{'revenue':>10}{'open rate':>11}",
+    ]
+    for segment, n, recency, orders, revenue, open_rate in rows:
+        recency_text = f"{recency:.0f}d" if recency is not None else "-"
+        open_text = f"{open_rate:.0%}" if open_rate is not None else "-"
+        lines.append(
+            f"  {segment:<20}{n:>10,}{recency_text:>9}{orders:>8.1f}{float(revenue):>10,.0f}{open_text:>11}"
+        )
+    return "\n".join(lines)

@@ -17,6 +17,7 @@ os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(PROJECT_DIR / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 from ml.config import Settings, load_settings  # noqa: E402
+from ml.features import DBT_PROJECT_DIR, run_dbt  # noqa: E402
 from ml.synthetic import generate  # noqa: E402
 
 SAMPLE_END = dt.date(2026, 6, 30)
@@ -42,3 +43,12 @@ def generated_landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def landing_copy(generated_landing: Path, settings: Settings) -> Path:
     shutil.copytree(generated_landing, settings.landing_dir)
     return settings.landing_dir
+
+
+@pytest.fixture(scope="session")
+def dbt_manifest() -> Path:
+    """The manifest Cosmos renders the DAG's dbt tasks from (`make setup` makes it too)."""
+    manifest = DBT_PROJECT_DIR / "target" / "manifest.json"
+    if not manifest.exists():
+        run_dbt(load_settings(), "parse", "--quiet")
+    return manifest

@@ -21,7 +21,9 @@ CUTOFF = pd.Timestamp(AS_OF + dt.timedelta(days=1))
 
 
 def make_settings(root: Path, landing: Path) -> Settings:
-    return load_settings({"SEGFLOW_DATA_DIR": str(root / "data"), "SEGFLOW_LANDING_DIR": str(landing)})
+    return load_settings(
+        {"SEGFLOW_DATA_DIR": str(root / "data"), "SEGFLOW_LANDING_DIR": str(landing)}
+    )
 
 
 def read(settings: Settings, sql: str) -> pd.DataFrame:
@@ -68,10 +70,15 @@ def test_rebuilding_the_same_date_leaves_features_identical(built: Settings):
 def test_each_date_keeps_its_own_rows(built: Settings):
     earlier = AS_OF - dt.timedelta(days=7)
     build_features(built, earlier)
-    dates = read(built, "SELECT as_of_date, count(*) AS n FROM marts.customer_features GROUP BY 1 ORDER BY 1")
+    dates = read(
+        built, "SELECT as_of_date, count(*) AS n FROM marts.customer_features GROUP BY 1 ORDER BY 1"
+    )
     assert list(dates.as_of_date.dt.date) == [earlier, AS_OF]
     # Point in time: the earlier date knows fewer customers and fewer orders.
-    totals = read(built, "SELECT as_of_date, sum(frequency) AS orders FROM marts.customer_features GROUP BY 1 ORDER BY 1")
+    totals = read(
+        built,
+        "SELECT as_of_date, sum(frequency) AS orders FROM marts.customer_features GROUP BY 1 ORDER BY 1",
+    )
     assert dates.n.iloc[0] <= dates.n.iloc[1]
     assert totals.orders.iloc[0] < totals.orders.iloc[1]
 
@@ -79,25 +86,41 @@ def test_each_date_keeps_its_own_rows(built: Settings):
 def expected_features(settings: Settings) -> pd.DataFrame:
     """Recency, frequency, monetary, 90-day open rate and 30-day cart abandonment in pandas."""
     orders = read(settings, "SELECT customer_id, ordered_at, amount, status FROM raw.orders")
-    orders = orders[(orders.ordered_at < CUTOFF) & orders.status.fillna("completed").eq("completed")]
+    orders = orders[
+        (orders.ordered_at < CUTOFF) & orders.status.fillna("completed").eq("completed")
+    ]
     rfm = orders.groupby("customer_id").agg(
         frequency=("amount", "size"), monetary=("amount", "sum"), last=("ordered_at", "max")
     )
     rfm["recency_days"] = (pd.Timestamp(AS_OF) - rfm["last"].dt.normalize()).dt.days
 
-    emails = read(settings, "SELECT customer_id, campaign_id, event_type, occurred_at FROM raw.email_events")
-    emails = emails[(emails.occurred_at < CUTOFF) & (emails.occurred_at >= CUTOFF - pd.Timedelta(days=90))]
-    per_campaign = emails.assign(
-        delivered=emails.event_type.eq("delivered"), opened=emails.event_type.eq("open")
-    ).groupby(["customer_id", "campaign_id"])[["delivered", "opened"]].any()
+    emails = read(
+        settings, "SELECT customer_id, campaign_id, event_type, occurred_at FROM raw.email_events"
+    )
+    emails = emails[
+        (emails.occurred_at < CUTOFF) & (emails.occurred_at >= CUTOFF - pd.Timedelta(days=90))
+    ]
+    per_campaign = (
+        emails.assign(
+            delivered=emails.event_type.eq("delivered"), opened=emails.event_type.eq("open")
+        )
+        .groupby(["customer_id", "campaign_id"])[["delivered", "opened"]]
+        .any()
+    )
     per_customer = per_campaign.groupby("customer_id").sum()
-    open_rate = (per_customer.opened / per_customer.delivered).clip(upper=1)[per_customer.delivered > 0]
+    open_rate = (per_customer.opened / per_customer.delivered).clip(upper=1)[
+        per_customer.delivered > 0
+    ]
 
-    web = read(settings, "SELECT customer_id, session_id, event_type, occurred_at FROM raw.web_events")
+    web = read(
+        settings, "SELECT customer_id, session_id, event_type, occurred_at FROM raw.web_events"
+    )
     web = web[(web.occurred_at < CUTOFF) & (web.occurred_at >= CUTOFF - pd.Timedelta(days=30))]
-    sessions = web.assign(
-        cart=web.event_type.eq("add_to_cart"), checkout=web.event_type.eq("checkout")
-    ).groupby(["customer_id", "session_id"])[["cart", "checkout"]].any()
+    sessions = (
+        web.assign(cart=web.event_type.eq("add_to_cart"), checkout=web.event_type.eq("checkout"))
+        .groupby(["customer_id", "session_id"])[["cart", "checkout"]]
+        .any()
+    )
     carts = sessions[sessions.cart]
     abandonment = (~carts.checkout).groupby("customer_id").mean()
 
@@ -121,11 +144,19 @@ def test_features_agree_with_an_independent_computation(built: Settings):
     got = actual.loc[sample]
     want = expected.loc[sample]
     assert (got.frequency == want.frequency.fillna(0)).all()
-    assert got.monetary.astype(float).round(2).tolist() == want.monetary.fillna(0).astype(float).round(2).tolist()
-    pd.testing.assert_series_equal(got.recency_days.astype("Float64"), want.recency_days.astype("Float64"), check_names=False)
+    assert (
+        got.monetary.astype(float).round(2).tolist()
+        == want.monetary.fillna(0).astype(float).round(2).tolist()
+    )
+    pd.testing.assert_series_equal(
+        got.recency_days.astype("Float64"), want.recency_days.astype("Float64"), check_names=False
+    )
     for column in ("email_open_rate_90d", "cart_abandonment_rate_30d"):
         pd.testing.assert_series_equal(
-            got[column].astype("Float64"), want[column].astype("Float64"), check_names=False, atol=1e-9
+            got[column].astype("Float64"),
+            want[column].astype("Float64"),
+            check_names=False,
+            atol=1e-9,
         )
     # Customers without orders are zero in counts and null in recency.
     no_orders = actual[~actual.index.isin(expected.dropna(subset=["frequency"]).index)]
@@ -134,7 +165,13 @@ def test_features_agree_with_an_independent_computation(built: Settings):
 
 def test_labels_never_leak_into_features(built: Settings):
     columns = set(read(built, "SELECT * FROM marts.customer_features LIMIT 0").columns)
-    assert not columns & {"purchased", "orders_in_horizon", "revenue_in_horizon", "churned", "clicked_email"}
+    assert not columns & {
+        "purchased",
+        "orders_in_horizon",
+        "revenue_in_horizon",
+        "churned",
+        "clicked_email",
+    }
 
 
 def test_optional_sources_absent_still_build(tmp_path: Path, generated_landing: Path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"
 
 
 @pytest.fixture(scope="module")
-def dag_bag() -> DagBag:
+def dag_bag(dbt_manifest: Path) -> DagBag:
     # known_pools makes the bag warn about a task in a pool that `make airflow-init` does not create.
     return DagBag(dag_folder=str(DAGS_DIR), known_pools={WAREHOUSE_POOL, "default_pool"})
 
@@ -43,22 +45,49 @@ def test_dags_set_tags_retries_and_one_active_run(dag_bag: DagBag):
 
 
 def test_warehouse_writers_share_the_single_slot_pool(dag_bag: DagBag):
-    ingest = dag_bag.get_dag("segment_pipeline").get_task("ingest")
-    assert ingest.pool == WAREHOUSE_POOL
+    dag = dag_bag.get_dag("segment_pipeline")
+    ingest = dag.get_task("ingest")
     assert {a.name for a in ingest.outlets} >= {"raw.customers", "raw.orders"}
+    dbt_tasks = [t for t in dag.tasks if t.task_id.startswith("features.")]
+    writers = [ingest, dag.get_task("score_review_texts"), *dbt_tasks]
+    assert {t.pool for t in writers} == {WAREHOUSE_POOL}
 
 
-def test_dag_files_do_no_heavy_imports_at_parse_time():
-    for path in DAG_FILES:
-        top_level = [
-            line for line in path.read_text().splitlines() if line.startswith(("import ", "from "))
-        ]
-        heavy = [
-            line
-            for line in top_level
-            if any(
-                m in line
-                for m in ("duckdb", "pandas", "sklearn", "mlflow", "great_expectations", "dbt")
-            )
-        ]
-        assert heavy == [], f"{path.name} imports heavy modules at top level: {heavy}"
+def test_every_dbt_model_is_a_task_that_builds_it_with_its_tests(
+    dag_bag: DagBag, dbt_manifest: Path
+):
+    import json
+
+    models = {
+        node["name"]
+        for node in json.loads(dbt_manifest.read_text())["nodes"].values()
+        if node["resource_type"] == "model"
+    }
+    dag = dag_bag.get_dag("segment_pipeline")
+    assert {t.task_id for t in dag.tasks if t.task_id.startswith("features.")} == {
+        f"features.{model}_model_build" for model in models
+    }
+    marts = dag.get_task("features.customer_features_model_build")
+    assert "int_customers_rfm_scored_model_build" in " ".join(marts.upstream_task_ids)
+    # dbt receives the same as-of date the Python tasks resolve.
+    assert (
+        marts.vars["as_of_date"]
+        == "{{ params.as_of_date or (logical_date or data_interval_start) | ds }}"
+    )
+    assert dag.get_task("score_review_texts").downstream_task_ids >= {
+        "features.stg_shop__customers_model_build"
+    }
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_parsing_a_dag_file_imports_no_heavy_library(path: Path, dbt_manifest: Path):
+    """The scheduler parses DAG files often: heavy libraries belong inside tasks."""
+    heavy = ("duckdb", "pandas", "pyarrow", "sklearn", "mlflow", "great_expectations", "dbt")
+    probe = (
+        "import runpy, sys; runpy.run_path(sys.argv[1]); "
+        f"print('loaded heavy:', [m for m in {heavy!r} if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(path)], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == "loaded heavy: []"
