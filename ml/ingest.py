@@ -40,19 +40,6 @@ BATCH_BYTES = 32 * 2**20
 """Files are staged and checked in batches of about this much on disk, so the first load of
 a year of history for a million customers stays within memory (one batch at a time)."""
 PARTITION_PATTERN = re.compile(r"^date=(.+)$")
-LOADED_FILES_COLUMNS = (
-    "entity",
-    "source_file",
-    "sha256",
-    "size_bytes",
-    "mtime_ns",
-    "partition_date",
-    "rows_in_file",
-    "rows_loaded",
-    "rows_rejected",
-    "values_nullified",
-    "loaded_at",
-)
 
 
 class ContractViolation(Exception):
@@ -649,43 +636,41 @@ def _load_entity(
                     raise culprit from None
                 raise
             counts = _write_checked(con, entity, record, loaded_at)
-            rows = []
+            records = []
             for item in items:
                 rows_in_file, loaded, rejected, nulled = counts.get(
                     item.file.relative, (0, 0, 0, 0)
                 )
                 stat = item.file.path.stat()
-                rows.append(
-                    (
-                        entity.name,
-                        item.file.relative,
-                        item.sha256,
-                        stat.st_size,
-                        stat.st_mtime_ns,
-                        item.file.partition_date,
-                        rows_in_file,
-                        loaded,
-                        rejected,
-                        nulled,
-                        loaded_at,
-                    )
+                records.append(
+                    {
+                        "entity": entity.name,
+                        "source_file": item.file.relative,
+                        "sha256": item.sha256,
+                        "size_bytes": stat.st_size,
+                        "mtime_ns": stat.st_mtime_ns,
+                        "partition_date": item.file.partition_date,
+                        "rows_in_file": rows_in_file,
+                        "rows_loaded": loaded,
+                        "rows_rejected": rejected,
+                        "values_nullified": nulled,
+                        "loaded_at": loaded_at,
+                    }
                 )
-            loaded_files = pa.Table.from_pylist(  # noqa: F841  (read by name in the SQL below)
-                [dict(zip(LOADED_FILES_COLUMNS, row, strict=True)) for row in rows]
-            )
-            con.execute("INSERT INTO raw.loaded_files SELECT * FROM loaded_files")
+            loaded_files = pa.Table.from_pylist(records)  # noqa: F841  (read by name in SQL)
+            con.execute("INSERT INTO raw.loaded_files BY NAME SELECT * FROM loaded_files")
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        for item, row in zip(items, rows, strict=True):
+        for item, loaded_file in zip(items, records, strict=True):
             if item.replaces:
                 entity_report.files_replaced += 1
             else:
                 entity_report.files_loaded += 1
-            entity_report.rows_loaded += row[7]
-            entity_report.rows_rejected += row[8]
-            entity_report.values_nullified += row[9]
+            entity_report.rows_loaded += loaded_file["rows_loaded"]
+            entity_report.rows_rejected += loaded_file["rows_rejected"]
+            entity_report.values_nullified += loaded_file["values_nullified"]
 
 
 def _forget_replaced_files(
