@@ -9,6 +9,9 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 INSTALLED := $(VENV)/.installed
 
+# Tools started by tools (airflow standalone starts `airflow ...`) must find the project's.
+export PATH := $(BIN):$(PATH)
+
 # Everything lives inside the project unless the environment says otherwise (ml/config.py).
 export SEGFLOW_DATA_DIR ?= $(CURDIR)/data
 export SEGFLOW_LANDING_DIR ?= $(SEGFLOW_DATA_DIR)/landing
@@ -120,9 +123,9 @@ up: $(AIRFLOW_READY)
 		&& curl -sf http://127.0.0.1:$(MLFLOW_PORT)/health > /dev/null && break; sleep 1; \
 	done
 	@curl -sf http://127.0.0.1:$(AIRFLOW__API__PORT)/api/v2/monitor/health > /dev/null \
-		|| (echo "Airflow did not start: see $(RUN_DIR)/airflow.log" >&2; exit 1)
+		|| (echo "Airflow did not start: see $(RUN_DIR)/airflow.log" >&2; $(MAKE) --no-print-directory down; exit 1)
 	@curl -sf http://127.0.0.1:$(MLFLOW_PORT)/health > /dev/null \
-		|| (echo "MLflow did not start: see $(RUN_DIR)/mlflow.log" >&2; exit 1)
+		|| (echo "MLflow did not start: see $(RUN_DIR)/mlflow.log" >&2; $(MAKE) --no-print-directory down; exit 1)
 	@echo "Airflow UI: http://127.0.0.1:$(AIRFLOW__API__PORT)  login: $$(cut -d: -f1 <<< '$(AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS)') / password in $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated: $$(cat $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated 2>/dev/null)"
 	@echo "MLflow UI:  http://127.0.0.1:$(MLFLOW_PORT)"
 	@echo "logs in $(RUN_DIR); stop with: make down"
@@ -130,8 +133,11 @@ up: $(AIRFLOW_READY)
 down:
 	@for name in airflow mlflow; do \
 		if [ -f $(RUN_DIR)/$$name.pid ]; then \
-			kill -- -$$(cat $(RUN_DIR)/$$name.pid) 2>/dev/null && echo "stopped $$name"; \
-			rm -f $(RUN_DIR)/$$name.pid; \
+			group=$$(cat $(RUN_DIR)/$$name.pid); \
+			kill -TERM -- -$$group 2>/dev/null; \
+			for i in $$(seq 1 30); do kill -0 -- -$$group 2>/dev/null || break; sleep 0.5; done; \
+			kill -KILL -- -$$group 2>/dev/null; \
+			rm -f $(RUN_DIR)/$$name.pid; echo "stopped $$name"; \
 		fi; \
 	done
 
