@@ -50,7 +50,7 @@ SETTINGS = load_settings()
             None,
             type=["null", "string"],
             format="date",
-            description="Date to compute (YYYY-MM-DD); empty means the run's data interval day.",
+            description="Date to compute (YYYY-MM-DD); empty means the day of the logical date.",
         )
     },
     doc_md=__doc__,
