@@ -23,6 +23,25 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class QualityThresholds:
+    """What the data quality gates (expectations/) tolerate; each has an override."""
+
+    freshness_max_days: int
+    """SEGFLOW_FRESHNESS_MAX_DAYS: the newest order may be at most this many days before the
+    as-of date (error)."""
+    quarantine_max_share: float
+    """SEGFLOW_QUARANTINE_MAX_SHARE: share of a run's rows of one entity that may be rejected
+    into quarantine before the run stops (error)."""
+    feature_max_null_share: float
+    """SEGFLOW_FEATURE_MAX_NULL_SHARE: share of nulls a guarded feature may have (warn)."""
+    feature_mean_band: float
+    """SEGFLOW_FEATURE_MEAN_BAND: relative distance a guarded feature's mean may move from its
+    mean over the previous runs (warn), e.g. 0.5 = within 50%."""
+    gate_sample_rows: int
+    """SEGFLOW_GATE_SAMPLE_ROWS: larger row sets are validated on a deterministic sample."""
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path
     landing_dir: Path
@@ -31,6 +50,7 @@ class Settings:
     airflow_home: Path
     duckdb_memory_limit: str
     """Memory DuckDB may use before spilling to disk (warehouse.duckdb.tmp/), e.g. 4GB."""
+    quality: QualityThresholds
 
     @property
     def warehouse_path(self) -> Path:
@@ -73,7 +93,7 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     try:
         value = int(raw.strip())
     except ValueError:
-        raise ConfigError(f"{name}={raw!r}: expected a whole number of days, e.g. 30") from None
+        raise ConfigError(f"{name}={raw!r}: expected a whole number, e.g. 30") from None
     if value <= 0:
         raise ConfigError(f"{name}={raw!r}: must be at least 1")
     return value
@@ -103,6 +123,19 @@ def _memory_size(env: Mapping[str, str], name: str, default: str) -> str:
     return value
 
 
+def _share(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = _given(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a share between 0 and 1, e.g. 0.05") from None
+    if not 0 <= value <= 1:
+        raise ConfigError(f"{name}={raw!r}: must be between 0 and 1")
+    return value
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from `env` (default: the process environment)."""
     env = os.environ if env is None else env
@@ -116,4 +149,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         airflow_home=_path(env, "AIRFLOW_HOME", PROJECT_DIR / ".airflow"),
         duckdb_memory_limit=_memory_size(env, "SEGFLOW_DUCKDB_MEMORY_LIMIT", "4GB"),
+        quality=QualityThresholds(
+            freshness_max_days=_positive_int(env, "SEGFLOW_FRESHNESS_MAX_DAYS", 3),
+            quarantine_max_share=_share(env, "SEGFLOW_QUARANTINE_MAX_SHARE", 0.05),
+            feature_max_null_share=_share(env, "SEGFLOW_FEATURE_MAX_NULL_SHARE", 0.9),
+            feature_mean_band=_share(env, "SEGFLOW_FEATURE_MEAN_BAND", 0.5),
+            gate_sample_rows=_positive_int(env, "SEGFLOW_GATE_SAMPLE_ROWS", 500_000),
+        ),
     )

@@ -46,6 +46,9 @@ def test_landing_follows_an_overridden_data_dir(tmp_path: Path):
     ("name", "value", "expected"),
     [
         ("SEGFLOW_LABEL_HORIZON_DAYS", "thirty", "expected a whole number"),
+        ("SEGFLOW_QUARANTINE_MAX_SHARE", "5%", "expected a share between 0 and 1"),
+        ("SEGFLOW_QUARANTINE_MAX_SHARE", "1.5", "must be between 0 and 1"),
+        ("SEGFLOW_GATE_SAMPLE_ROWS", "-1", "must be at least 1"),
         ("SEGFLOW_LABEL_HORIZON_DAYS", "0", "must be at least 1"),
         ("MLFLOW_TRACKING_URI", "data/mlflow.db", "expected a URI"),
         ("MLFLOW_TRACKING_URI", "ftp://host/x", "expected a URI"),

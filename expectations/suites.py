@@ -1,0 +1,200 @@
+"""Great Expectations suites as code, one per gated table.
+
+Every expectation carries `meta.severity`: `error` stops the run before anything is published,
+`warn` is recorded and the run goes on. Thresholds come from configuration
+(`ml.config.QualityThresholds`), never from here. Import this module inside tasks only:
+importing Great Expectations takes about ten seconds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+
+import great_expectations as gx
+from great_expectations import expectations as gxe
+
+from ml.config import QualityThresholds
+from ml.contract import ENTITY_BY_NAME
+
+ERROR, WARN = "error", "warn"
+
+RATE_FEATURES = (
+    "email_open_rate_90d",
+    "email_click_rate_90d",
+    "cart_abandonment_rate_30d",
+    "avg_review_sentiment",
+)
+RFM_SEGMENTS = (
+    "Champions",
+    "Loyal",
+    "Potential loyalist",
+    "New",
+    "Promising",
+    "Need attention",
+    "About to sleep",
+    "At risk",
+    "Cannot lose them",
+    "Hibernating",
+    "Lost",
+    "No purchase yet",
+)
+AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55-64", "65+", "unknown")
+GUARDED_FEATURES = (
+    "frequency",
+    "monetary",
+    "email_opens_90d",
+    "web_sessions_30d",
+    "email_open_rate_90d",
+)
+"""Features whose mean is held within a band learned from the previous runs."""
+
+
+def _meta(severity: str, why: str) -> dict:
+    return {"severity": severity, "why": why}
+
+
+def raw_suite(
+    entity_name: str, loaded_before: dt.datetime, as_of: dt.date, thresholds: QualityThresholds
+) -> gx.ExpectationSuite:
+    """The contract, once more, on what ingestion loaded: a second line of defence that also
+    checks what a row-by-row loader cannot (freshness)."""
+    entity = ENTITY_BY_NAME[entity_name]
+    checks = []
+    checks.append(
+        gxe.ExpectTableColumnsToMatchSet(
+            column_set=[*entity.column_names, "_extra", "_source_file", "_source_row"],
+            exact_match=True,
+            meta=_meta(ERROR, "schema of the raw table"),
+        )
+    )
+    checks.append(
+        gxe.ExpectColumnValuesToBeUnique(column=entity.key, meta=_meta(ERROR, "primary key"))
+    )
+    for column in entity.columns:
+        if column.required:
+            checks.append(
+                gxe.ExpectColumnValuesToNotBeNull(
+                    column=column.name, meta=_meta(ERROR, "required by the data contract")
+                )
+            )
+        if column.accepted:
+            checks.append(
+                gxe.ExpectColumnValuesToBeInSet(
+                    column=column.name,
+                    value_set=list(column.accepted),
+                    meta=_meta(ERROR, "accepted values of the data contract"),
+                )
+            )
+        if column.minimum is not None or column.maximum is not None:
+            checks.append(
+                gxe.ExpectColumnValuesToBeBetween(
+                    column=column.name,
+                    min_value=column.minimum,
+                    max_value=column.maximum,
+                    meta=_meta(ERROR, "range of the data contract"),
+                )
+            )
+        if column.not_in_future:
+            checks.append(
+                gxe.ExpectColumnMaxToBeBetween(
+                    column=column.name,
+                    max_value=loaded_before,
+                    meta=_meta(ERROR, "timestamps may not be later than the load"),
+                )
+            )
+    if entity.name == "orders":
+        stale_before = dt.datetime.combine(
+            as_of - dt.timedelta(days=thresholds.freshness_max_days), dt.time()
+        )
+        checks.append(
+            gxe.ExpectColumnMaxToBeBetween(
+                column="ordered_at",
+                min_value=stale_before,
+                meta=_meta(
+                    ERROR,
+                    f"freshness: the newest order is at most {thresholds.freshness_max_days} days old",
+                ),
+            )
+        )
+    return gx.ExpectationSuite(name=f"raw_{entity.name}", expectations=checks)
+
+
+def features_suite(
+    known_customers: int, previous_means: Mapping[str, float], thresholds: QualityThresholds
+) -> gx.ExpectationSuite:
+    """`customer_features` for one date: complete, in range, and not far from recent runs."""
+    checks = []
+    checks.append(
+        gxe.ExpectTableRowCountToEqual(
+            value=known_customers, meta=_meta(ERROR, "one row per customer known on the date")
+        )
+    )
+    checks.append(
+        gxe.ExpectColumnValuesToBeUnique(
+            column="customer_id", meta=_meta(ERROR, "one row per customer")
+        )
+    )
+    checks.append(gxe.ExpectColumnValuesToNotBeNull(column="customer_id", meta=_meta(ERROR, "key")))
+    for column in RATE_FEATURES:
+        checks.append(
+            gxe.ExpectColumnValuesToBeBetween(
+                column=column, min_value=0, max_value=1, meta=_meta(ERROR, "a rate lies in [0, 1]")
+            )
+        )
+    for column in ("recency_days", "frequency", "monetary", "days_since_signup"):
+        checks.append(
+            gxe.ExpectColumnValuesToBeBetween(
+                column=column, min_value=0, meta=_meta(ERROR, "counts, amounts and ages are >= 0")
+            )
+        )
+    checks.append(
+        gxe.ExpectColumnValuesToBeBetween(
+            column="preferred_hour",
+            min_value=0,
+            max_value=23,
+            meta=_meta(ERROR, "an hour of the day"),
+        )
+    )
+    checks.append(
+        gxe.ExpectColumnValuesToBeInSet(
+            column="rfm_segment",
+            value_set=list(RFM_SEGMENTS),
+            meta=_meta(ERROR, "named RFM segments"),
+        )
+    )
+    checks.append(
+        gxe.ExpectColumnValuesToBeInSet(
+            column="age_band", value_set=list(AGE_BANDS), meta=_meta(ERROR, "age bands")
+        )
+    )
+    checks.append(
+        gxe.ExpectColumnValuesToBeInSet(
+            column="preferred_device",
+            value_set=["desktop", "mobile", "tablet", "other"],
+            meta=_meta(WARN, "devices the e-mail tools know"),
+        )
+    )
+    for column in GUARDED_FEATURES:
+        checks.append(
+            gxe.ExpectColumnProportionOfNonNullValuesToBeBetween(
+                column=column,
+                min_value=1 - thresholds.feature_max_null_share,
+                meta=_meta(WARN, f"at most {thresholds.feature_max_null_share:.0%} nulls"),
+            )
+        )
+        previous = previous_means.get(column)
+        if previous is not None:
+            band = abs(previous) * thresholds.feature_mean_band
+            checks.append(
+                gxe.ExpectColumnMeanToBeBetween(
+                    column=column,
+                    min_value=previous - band,
+                    max_value=previous + band,
+                    meta=_meta(
+                        WARN,
+                        f"mean within {thresholds.feature_mean_band:.0%} of the previous runs' {previous:.4g}",
+                    ),
+                )
+            )
+    return gx.ExpectationSuite(name="customer_features", expectations=checks)
