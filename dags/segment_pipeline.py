@@ -6,10 +6,14 @@ The daily run of segflow for one as-of date (the day of the run's logical date, 
 
 1. **ingest**: landing files up to that date into the warehouse's `raw` schema; rows that
    break the data contract are kept in `quarantine.violations` with their reason.
-2. **score_review_texts**: the review text signal for reviews not scored yet.
-3. **features**: the dbt project through Cosmos, one task per model running the model and its
+2. **raw_gate**: the run's quarantine share, then Great Expectations suites on the new raw
+   rows; an `error` expectation that fails stops the run (results in
+   `quality.validation_results`, Data Docs under the reports folder).
+3. **score_review_texts**: the review text signal for reviews not scored yet.
+4. **features**: the dbt project through Cosmos, one task per model running the model and its
    tests (`dbt build`): staging, intermediate, then the marts `customer_features` (for the
    date) and `training_labels` (for the date minus the label horizon).
+5. **features_gate**: the `customer_features` suite for the date.
 
 Every task that writes the warehouse runs in the `warehouse` pool (one slot): DuckDB allows one
 writing process. Re-running a date gives the same tables.
@@ -57,15 +61,36 @@ SETTINGS = load_settings()
 )
 def segment_pipeline():
     @task(pool=WAREHOUSE_POOL, outlets=RAW_TABLES)
-    def ingest(params=None, data_interval_start=None, logical_date=None) -> dict[str, int]:
-        """Load new landing files up to the as-of date into raw; quarantine bad rows."""
-        from ml.config import load_settings
+    def ingest(params=None, data_interval_start=None, logical_date=None) -> str:
+        """Load new landing files up to the as-of date into raw; quarantine bad rows.
+        Returns the load time that marks this run's files, for the raw gate."""
         from ml.ingest import ingest_landing
 
         report = ingest_landing(
             load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
         )
-        return {name: r.rows_loaded for name, r in report.entities.items()}
+        return report.loaded_at.isoformat()
+
+    @task(pool=WAREHOUSE_POOL, retries=0)
+    def raw_gate(loaded_at: str, params=None, data_interval_start=None, logical_date=None) -> None:
+        """Quarantine share and the raw suites on this run's rows: a failure stops the run.
+        No retries: the same data fails the same way."""
+        from ml.quality import run_raw_gate
+
+        run_raw_gate(
+            load_settings(),
+            as_of=resolve_as_of(params, data_interval_start, logical_date),
+            loaded_at=dt.datetime.fromisoformat(loaded_at),
+        )
+
+    @task(pool=WAREHOUSE_POOL, retries=0)
+    def features_gate(params=None, data_interval_start=None, logical_date=None) -> None:
+        """The customer_features suite for the date: a failure stops the run."""
+        from ml.quality import run_features_gate
+
+        run_features_gate(
+            load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
+        )
 
     @task(pool=WAREHOUSE_POOL, outlets=[REVIEW_SENTIMENT])
     def score_review_texts(params=None, data_interval_start=None, logical_date=None) -> int:
@@ -110,7 +135,7 @@ def segment_pipeline():
         default_args=DEFAULT_ARGS,
     )
 
-    ingest() >> score_review_texts() >> features
+    raw_gate(ingest()) >> score_review_texts() >> features >> features_gate()
 
 
 segment_pipeline()

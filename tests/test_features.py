@@ -191,6 +191,18 @@ def test_optional_sources_absent_still_build(tmp_path: Path, generated_landing: 
     assert row.opens == 0 and row.rates == 0 and row.sessions == 0 and row.ratings == 0
 
 
+def test_the_features_gate_passes_on_built_features_and_records_it(built: Settings):
+    from ml.quality import run_features_gate
+
+    report = run_features_gate(built, AS_OF)
+    assert report.rows_validated > 0 and not report.failed_errors
+    stored = read(
+        built,
+        f"SELECT count(*) AS n FROM quality.validation_results WHERE suite = 'customer_features' AND run_date = DATE '{AS_OF}'",
+    ).n.iloc[0]
+    assert stored == len(report.outcomes)
+
+
 def test_a_run_without_a_date_fails_with_a_clear_message(built: Settings):
     with pytest.raises(FeatureBuildError, match="var as_of_date is required"):
         run_dbt(built, "run", "--select", "customer_features")

@@ -41,7 +41,11 @@ def test_dags_set_tags_retries_and_one_active_run(dag_bag: DagBag):
         assert dag.catchup is False, dag.dag_id
         assert dag.doc_md, f"{dag.dag_id} has no documentation"
         for task in dag.tasks:
-            assert task.retries >= 1, f"{dag.dag_id}.{task.task_id} has no retries"
+            # A data quality gate fails the same way on the same data: retrying only delays.
+            if task.task_id.endswith("_gate"):
+                assert task.retries == 0, f"{dag.dag_id}.{task.task_id} retries a gate"
+            else:
+                assert task.retries >= 1, f"{dag.dag_id}.{task.task_id} has no retries"
 
 
 def test_warehouse_writers_share_the_single_slot_pool(dag_bag: DagBag):
@@ -49,7 +53,8 @@ def test_warehouse_writers_share_the_single_slot_pool(dag_bag: DagBag):
     ingest = dag.get_task("ingest")
     assert {a.name for a in ingest.outlets} >= {"raw.customers", "raw.orders"}
     dbt_tasks = [t for t in dag.tasks if t.task_id.startswith("features.")]
-    writers = [ingest, dag.get_task("score_review_texts"), *dbt_tasks]
+    gates = [dag.get_task("raw_gate"), dag.get_task("features_gate")]
+    writers = [ingest, dag.get_task("score_review_texts"), *gates, *dbt_tasks]
     assert {t.pool for t in writers} == {WAREHOUSE_POOL}
 
 
@@ -76,6 +81,13 @@ def test_every_dbt_model_is_a_task_that_builds_it_with_its_tests(
     )
     assert dag.get_task("score_review_texts").downstream_task_ids >= {
         "features.stg_shop__customers_model_build"
+    }
+    # Gates sit between ingest and dbt, and after dbt.
+    assert dag.get_task("raw_gate").upstream_task_ids == {"ingest"}
+    assert dag.get_task("raw_gate").downstream_task_ids == {"score_review_texts"}
+    assert dag.get_task("features_gate").upstream_task_ids >= {
+        "features.customer_features_model_build",
+        "features.training_labels_model_build",
     }
 
 

@@ -1,0 +1,173 @@
+"""The data quality gates of a run: which rows each suite sees, and what stops the run.
+
+- Raw gate: per entity, the rows of the files this run loaded plus the as-of date's partition
+  (what is new), validated against the entity's suite; and the quarantine share of this run's
+  files per entity, which stops the run above `SEGFLOW_QUARANTINE_MAX_SHARE`.
+- Features gate: `customer_features` for the as-of date, with the expected row count from
+  `raw.customers` and feature means learned from the previous dates.
+
+Large row sets are validated on a deterministic sample: rows whose key hashes into the first
+`gate_sample_rows / rows` of the hash space. Sampling by key keeps the checks honest: rows
+sharing a key (duplicates) are in or out of the sample together, so uniqueness is exact within
+it; value rules (ranges, sets, nulls) are checked on hundreds of thousands of rows, which
+misses only violations rarer than about one in that many; the row count is compared with the
+same sample of known customers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import pandas as pd
+
+from ml.config import Settings
+from ml.contract import ENTITIES
+from ml.warehouse import connect
+
+log = logging.getLogger(__name__)
+
+HASH_SPACE = 1 << 32
+PREVIOUS_RUNS_FOR_MEANS = 7
+
+
+class QuarantineTooLarge(RuntimeError):
+    """Too large a share of a run's rows broke the contract."""
+
+
+def _sample_filter(key: str, rows: int, limit: int) -> str:
+    if rows <= limit:
+        return "true"
+    return f"hash({key}) % {HASH_SPACE} < {int(HASH_SPACE * limit / rows)}"
+
+
+def new_rows(
+    settings: Settings, entity_name: str, as_of: dt.date, loaded_at: dt.datetime
+) -> pd.DataFrame:
+    """The rows a run brought: files loaded at `loaded_at`, and the as-of date's partition."""
+    entity = next(e for e in ENTITIES if e.name == entity_name)
+    with connect(settings, read_only=True) as con:
+        files = f"""SELECT source_file FROM raw.loaded_files
+                    WHERE entity = '{entity.name}' AND (loaded_at = ? OR partition_date = ?)"""
+        rows = con.execute(
+            f"SELECT count(*) FROM raw.{entity.name} WHERE _source_file IN ({files})",
+            [loaded_at, as_of],
+        ).fetchone()[0]
+        sample = _sample_filter(entity.key, rows, settings.quality.gate_sample_rows)
+        return con.execute(
+            f"SELECT * FROM raw.{entity.name} WHERE _source_file IN ({files}) AND {sample}",
+            [loaded_at, as_of],
+        ).df()
+
+
+def quarantine_shares(
+    settings: Settings, loaded_at: dt.datetime
+) -> dict[str, tuple[int, int, dict[str, int]]]:
+    """Per entity, for the files loaded at `loaded_at`: rows read, rows rejected, and rejected
+    rows per reason (`column: rule`)."""
+    with connect(settings, read_only=True) as con:
+        totals = con.execute(
+            """SELECT entity, sum(rows_in_file), sum(rows_rejected) FROM raw.loaded_files
+               WHERE loaded_at = ? GROUP BY entity""",
+            [loaded_at],
+        ).fetchall()
+        reasons = con.execute(
+            """SELECT entity, column_name || ': ' || rule, count(DISTINCT (source_file, source_row))
+               FROM quarantine.violations WHERE loaded_at = ? AND action = 'rejected'
+               GROUP BY ALL ORDER BY 3 DESC""",
+            [loaded_at],
+        ).fetchall()
+    shares = {entity: (int(read), int(rejected), {}) for entity, read, rejected in totals}
+    for entity, reason, count in reasons:
+        if entity in shares:
+            shares[entity][2][reason] = count
+    return shares
+
+
+def check_quarantine(settings: Settings, loaded_at: dt.datetime) -> str:
+    """Summarise the run's quarantine; raise when an entity's share is above the threshold."""
+    limit = settings.quality.quarantine_max_share
+    lines, too_large = [], []
+    for entity, (read, rejected, reasons) in sorted(quarantine_shares(settings, loaded_at).items()):
+        share = rejected / read if read else 0.0
+        lines.append(f"{entity}: {rejected:,} of {read:,} rows quarantined ({share:.1%})")
+        lines += [f"    {count:,} {reason}" for reason, count in reasons.items()]
+        if share > limit:
+            too_large.append(f"{entity} {share:.1%}")
+    summary = "\n".join(lines) or "no new rows"
+    log.info("quarantine of this run:\n%s", summary)
+    if too_large:
+        raise QuarantineTooLarge(
+            f"quarantine above SEGFLOW_QUARANTINE_MAX_SHARE={limit:.1%} for "
+            f"{', '.join(too_large)}; nothing downstream ran. Rows and reasons are in "
+            f"quarantine.violations:\n{summary}"
+        )
+    return summary
+
+
+def run_raw_gate(settings: Settings, as_of: dt.date, loaded_at: dt.datetime) -> list:
+    """Quarantine share, then every raw entity's suite on its new rows; raises on errors."""
+    from expectations.runner import GateFailed, validate_frame
+    from expectations.suites import raw_suite
+
+    check_quarantine(settings, loaded_at)
+    reports, problems = [], []
+    for entity in ENTITIES:
+        frame = new_rows(settings, entity.name, as_of, loaded_at)
+        if frame.empty:
+            continue
+        suite = raw_suite(entity.name, loaded_at + dt.timedelta(seconds=1), as_of, settings.quality)
+        report = validate_frame(settings, frame, suite, as_of)
+        reports.append(report)
+        try:
+            report.raise_on_errors()
+        except GateFailed as failure:
+            problems.append(str(failure))
+    if problems:
+        raise GateFailed("\n\n".join(problems))
+    return reports
+
+
+def features_frame(
+    settings: Settings, as_of: dt.date
+) -> tuple[pd.DataFrame, int, dict[str, float]]:
+    """The date's features (sampled when large), the number of customers known on the date
+    under the same sample, and the guarded features' means over the previous dates."""
+    from expectations.suites import GUARDED_FEATURES
+
+    cutoff = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())
+    with connect(settings, read_only=True) as con:
+        rows = con.execute(
+            "SELECT count(*) FROM marts.customer_features WHERE as_of_date = ?", [as_of]
+        ).fetchone()[0]
+        sample = _sample_filter("customer_id", rows, settings.quality.gate_sample_rows)
+        frame = con.execute(
+            f"SELECT * FROM marts.customer_features WHERE as_of_date = ? AND {sample}", [as_of]
+        ).df()
+        known = con.execute(
+            f"SELECT count(*) FROM raw.customers WHERE signup_at < ? AND {sample}", [cutoff]
+        ).fetchone()[0]
+        means = con.execute(
+            f"""SELECT {", ".join(f"avg({c})" for c in GUARDED_FEATURES)} FROM (
+                    SELECT {", ".join(f"avg({c}) AS {c}" for c in GUARDED_FEATURES)}
+                    FROM marts.customer_features
+                    WHERE as_of_date IN (
+                        SELECT DISTINCT as_of_date FROM marts.customer_features
+                        WHERE as_of_date < ? ORDER BY as_of_date DESC LIMIT {PREVIOUS_RUNS_FOR_MEANS})
+                    GROUP BY as_of_date)""",
+            [as_of],
+        ).fetchone()
+    previous = {c: float(m) for c, m in zip(GUARDED_FEATURES, means, strict=True) if m is not None}
+    return frame, known, previous
+
+
+def run_features_gate(settings: Settings, as_of: dt.date):
+    from expectations.runner import validate_frame
+    from expectations.suites import features_suite
+
+    frame, known, previous = features_frame(settings, as_of)
+    report = validate_frame(
+        settings, frame, features_suite(known, previous, settings.quality), as_of
+    )
+    report.raise_on_errors()
+    return report
