@@ -82,9 +82,11 @@ def cmd_dbt(args: argparse.Namespace) -> None:
 def cmd_status(_: argparse.Namespace) -> None:
     from ml.features import features_summary
     from ml.ingest import raw_summary
+    from ml.quality import quality_summary
 
     settings = load_settings()
     print(raw_summary(settings))
+    print(quality_summary(settings))
     print(features_summary(settings))
 
 

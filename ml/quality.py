@@ -171,3 +171,31 @@ def run_features_gate(settings: Settings, as_of: dt.date):
     )
     report.raise_on_errors()
     return report
+
+
+def quality_summary(settings: Settings) -> str:
+    """The newest result of every suite, for people (read-only)."""
+    with connect(settings, read_only=True) as con:
+        exists = con.execute(
+            "SELECT count(*) FROM information_schema.tables "
+            "WHERE table_schema = 'quality' AND table_name = 'validation_results'"
+        ).fetchone()[0]
+        if not exists:
+            return "quality gates: not run yet"
+        rows = con.execute(
+            """SELECT suite, run_date, count(*),
+                      count(*) FILTER (WHERE NOT success AND severity = 'error'),
+                      count(*) FILTER (WHERE NOT success AND severity <> 'error')
+               FROM quality.validation_results
+               WHERE (suite, run_date) IN (
+                   SELECT (suite, max(run_date)) FROM quality.validation_results GROUP BY suite)
+               GROUP BY suite, run_date ORDER BY suite"""
+        ).fetchall()
+    lines = [f"quality gates (Data Docs: {settings.reports_dir / 'data_docs' / 'index.html'}):"]
+    for suite, run_date, total, errors, warnings in rows:
+        verdict = "FAILED" if errors else "passed"
+        lines.append(
+            f"  {suite:<18} {run_date} {verdict}: {total} expectations, "
+            f"{errors} failed errors, {warnings} warnings"
+        )
+    return "\n".join(lines)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pytest
 
 from tests.conftest import SAMPLE_END
@@ -77,26 +78,49 @@ def features_per_date(env: dict[str, str]) -> dict[dt.date, int]:
     return dict(rows)
 
 
-def test_daily_runs_load_their_partitions_and_build_their_features(airflow_env: dict[str, str]):
+def features_fingerprint(env: dict[str, str]) -> tuple:
+    path = Path(env["SEGFLOW_DATA_DIR"]) / "warehouse.duckdb"
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.execute(
+            "SELECT count(*), sum(hash(f)) FROM marts.customer_features f"
+        ).fetchone()
+
+
+def test_daily_runs_build_their_features_and_a_corrupt_day_stops_at_the_raw_gate(
+    airflow_env: dict[str, str],
+):
     landing = Path(airflow_env["SEGFLOW_LANDING_DIR"])
-    earlier = SAMPLE_END - dt.timedelta(days=10)
+    earlier, previous = SAMPLE_END - dt.timedelta(days=10), SAMPLE_END - dt.timedelta(days=1)
 
-    first = run_dag(airflow_env, earlier)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert raw_counts(airflow_env) == expected_counts(landing, earlier)
-
-    second = run_dag(airflow_env, SAMPLE_END)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert raw_counts(airflow_env) == expected_counts(landing, SAMPLE_END)
+    for day in (earlier, previous):
+        result = run_dag(airflow_env, day)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert raw_counts(airflow_env) == expected_counts(landing, day)
     # Cosmos built the marts for each run's own date, through dbt.
     features = features_per_date(airflow_env)
-    assert set(features) == {earlier, SAMPLE_END}
+    assert set(features) == {earlier, previous}
     assert (
         0
         < features[earlier]
-        <= features[SAMPLE_END]
-        == expected_counts(landing, SAMPLE_END)["customers"]
+        <= features[previous]
+        == expected_counts(landing, previous)["customers"]
     )
+
+    # The last day's export has negative amounts in 40% of its orders.
+    path = landing / "orders" / f"date={SAMPLE_END}" / "part-0.parquet"
+    orders = pd.read_parquet(path)
+    broken = max(1, int(len(orders) * 0.4))
+    orders.loc[: broken - 1, "amount"] = -orders.loc[: broken - 1, "amount"].abs() - 1
+    orders.to_parquet(path)
+    before = features_fingerprint(airflow_env)
+
+    failed = run_dag(airflow_env, SAMPLE_END)
+    output = failed.stdout + failed.stderr
+    assert failed.returncode != 0
+    assert "quarantine above SEGFLOW_QUARANTINE_MAX_SHARE=5.0% for orders" in output
+    assert "amount: must be >= 0" in output
+    # Nothing downstream of the gate ran: the features are exactly as before.
+    assert features_fingerprint(airflow_env) == before
 
 
 def test_a_run_with_an_as_of_param_that_is_not_a_date_is_refused(airflow_env: dict[str, str]):
