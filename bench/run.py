@@ -90,9 +90,17 @@ def run(customers: int, days: int, stages: list[str], work: Path) -> dict:
         results["stages"]["ingest"] = measure(
             [SEGFLOW, "ingest", "--as-of", END_DATE.isoformat()], env
         )
+    if "raw_gate" in stages:
+        results["stages"]["raw_gate"] = measure(
+            [SEGFLOW, "gate", "raw", "--as-of", END_DATE.isoformat()], env
+        )
     if "features" in stages:
         results["stages"]["features"] = measure(
             [SEGFLOW, "features", "--as-of", END_DATE.isoformat()], env
+        )
+    if "features_gate" in stages:
+        results["stages"]["features_gate"] = measure(
+            [SEGFLOW, "gate", "features", "--as-of", END_DATE.isoformat()], env
         )
     for stage in results["stages"].values():
         stage.pop("output")
@@ -140,7 +148,7 @@ def main() -> None:
     )
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=365)
-    parser.add_argument("--stages", default="generate,ingest,features")
+    parser.add_argument("--stages", default="generate,ingest,raw_gate,features,features_gate")
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
     args = parser.parse_args()
 

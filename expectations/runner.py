@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from ml.config import Settings
+from ml.quality import QualityGateFailed
 from ml.warehouse import connect
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 EXAMPLES_PER_FAILURE = 5
 
 
-class GateFailed(RuntimeError):
+class GateFailed(QualityGateFailed):
     """A data quality gate found `error` expectations failing; the message lists them."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from ml.config import ConfigError, load_settings
 from ml.features import FeatureBuildError
 from ml.ingest import ContractViolation
+from ml.quality import QualityGateFailed
 
 
 def _date(text: str) -> dt.date:
@@ -70,6 +71,20 @@ def cmd_features(args: argparse.Namespace) -> None:
 
     build_features(load_settings(), as_of=args.as_of, label_as_of=args.label_as_of)
     print(f"customer_features built for {args.as_of}, training_labels for its label date")
+
+
+def cmd_gate(args: argparse.Namespace) -> None:
+    from ml.quality import latest_load_time, run_features_gate, run_raw_gate
+
+    settings = load_settings()
+    if args.table == "raw":
+        reports = run_raw_gate(settings, args.as_of, latest_load_time(settings))
+    else:
+        reports = [run_features_gate(settings, args.as_of)]
+    for report in reports:
+        print(
+            f"{report.suite}: passed ({len(report.outcomes)} expectations, {report.rows_validated:,} rows)"
+        )
 
 
 def cmd_dbt(args: argparse.Namespace) -> None:
@@ -137,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     features.set_defaults(handler=cmd_features)
 
+    gate = commands.add_parser("gate", help="run a data quality gate for a date")
+    gate.add_argument("table", choices=("raw", "features"))
+    gate.add_argument("--as-of", type=_date, required=True)
+    gate.set_defaults(handler=cmd_gate)
+
     dbt = commands.add_parser(
         "dbt", help="run any dbt command on the project, configured for this warehouse"
     )
@@ -165,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except FeatureBuildError as error:
         print(f"segflow: dbt failed:\n{error}", file=sys.stderr)
+        return 1
+    except QualityGateFailed as error:
+        print(f"segflow: {error}", file=sys.stderr)
         return 1
     return 0
 

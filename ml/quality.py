@@ -31,8 +31,18 @@ HASH_SPACE = 1 << 32
 PREVIOUS_RUNS_FOR_MEANS = 7
 
 
-class QuarantineTooLarge(RuntimeError):
+class QualityGateFailed(RuntimeError):
+    """A gate stopped the run; the message says which checks failed and why."""
+
+
+class QuarantineTooLarge(QualityGateFailed):
     """Too large a share of a run's rows broke the contract."""
+
+
+def latest_load_time(settings: Settings) -> dt.datetime:
+    """When the newest ingest ran: what marks the rows of the latest run."""
+    with connect(settings, read_only=True) as con:
+        return con.execute("SELECT max(loaded_at) FROM raw.loaded_files").fetchone()[0]
 
 
 def _sample_filter(key: str, rows: int, limit: int) -> str:
