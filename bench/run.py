@@ -27,6 +27,13 @@ RESULTS = PROJECT / "docs" / "benchmarks.json"
 REPORT = PROJECT / "docs" / "benchmarks.md"
 SEGFLOW = str(Path(sys.executable).with_name("segflow"))
 END_DATE = dt.date(2026, 10, 31)
+# The daily run's stages in order, each a segflow command taking the as-of date last.
+STAGES_AFTER_GENERATE = {
+    "ingest": ["ingest", "--as-of"],
+    "raw_gate": ["gate", "raw", "--as-of"],
+    "features": ["features", "--as-of"],
+    "features_gate": ["gate", "features", "--as-of"],
+}
 
 
 def measure(command: list[str], env: dict[str, str]) -> dict:
@@ -86,22 +93,9 @@ def run(customers: int, days: int, stages: list[str], work: Path) -> dict:
             env,
         )
     results["rows"] = landing_rows(work / "landing")
-    if "ingest" in stages:
-        results["stages"]["ingest"] = measure(
-            [SEGFLOW, "ingest", "--as-of", END_DATE.isoformat()], env
-        )
-    if "raw_gate" in stages:
-        results["stages"]["raw_gate"] = measure(
-            [SEGFLOW, "gate", "raw", "--as-of", END_DATE.isoformat()], env
-        )
-    if "features" in stages:
-        results["stages"]["features"] = measure(
-            [SEGFLOW, "features", "--as-of", END_DATE.isoformat()], env
-        )
-    if "features_gate" in stages:
-        results["stages"]["features_gate"] = measure(
-            [SEGFLOW, "gate", "features", "--as-of", END_DATE.isoformat()], env
-        )
+    for stage, command in STAGES_AFTER_GENERATE.items():
+        if stage in stages:
+            results["stages"][stage] = measure([SEGFLOW, *command, END_DATE.isoformat()], env)
     for stage in results["stages"].values():
         stage.pop("output")
         stage["customers_per_second"] = round(customers / stage["seconds"])

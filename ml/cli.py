@@ -172,23 +172,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors a person can act on: said in one message, without a traceback.
+EXPLAINED_ERRORS: dict[type[Exception], tuple[str, int]] = {
+    ConfigError: ("configuration error: ", 2),
+    ContractViolation: ("landing data breaks the contract: ", 1),
+    FeatureBuildError: ("dbt failed:\n", 1),
+    QualityGateFailed: ("", 1),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except ConfigError as error:
-        print(f"segflow: configuration error: {error}", file=sys.stderr)
-        return 2
-    except ContractViolation as error:
-        print(f"segflow: landing data breaks the contract: {error}", file=sys.stderr)
-        return 1
-    except FeatureBuildError as error:
-        print(f"segflow: dbt failed:\n{error}", file=sys.stderr)
-        return 1
-    except QualityGateFailed as error:
-        print(f"segflow: {error}", file=sys.stderr)
-        return 1
+    except tuple(EXPLAINED_ERRORS) as error:
+        prefix, exit_code = next(
+            explained for kind, explained in EXPLAINED_ERRORS.items() if isinstance(error, kind)
+        )
+        print(f"segflow: {prefix}{error}", file=sys.stderr)
+        return exit_code
     return 0
 
 

@@ -89,14 +89,10 @@ def build_features(
 
 def features_summary(settings: Settings) -> str:
     """The newest features date: customers per RFM segment with their typical values."""
-    from ml.warehouse import connect
+    from ml.warehouse import connect, table_exists
 
     with connect(settings, read_only=True) as con:
-        exists = con.execute(
-            "SELECT count(*) FROM information_schema.tables "
-            "WHERE table_schema = 'marts' AND table_name = 'customer_features'"
-        ).fetchone()[0]
-        if not exists:
+        if not table_exists(con, "marts", "customer_features"):
             return "features: none built yet (segflow features --as-of YYYY-MM-DD, or make run)"
         as_of = con.execute("SELECT max(as_of_date) FROM marts.customer_features").fetchone()[0]
         rows = con.execute(

@@ -23,7 +23,7 @@ import pandas as pd
 
 from ml.config import Settings
 from ml.contract import ENTITIES
-from ml.warehouse import connect
+from ml.warehouse import connect, table_exists
 
 log = logging.getLogger(__name__)
 
@@ -186,11 +186,7 @@ def run_features_gate(settings: Settings, as_of: dt.date):
 def quality_summary(settings: Settings) -> str:
     """The newest result of every suite, for people (read-only)."""
     with connect(settings, read_only=True) as con:
-        exists = con.execute(
-            "SELECT count(*) FROM information_schema.tables "
-            "WHERE table_schema = 'quality' AND table_name = 'validation_results'"
-        ).fetchone()[0]
-        if not exists:
+        if not table_exists(con, "quality", "validation_results"):
             return "quality gates: not run yet"
         rows = con.execute(
             """SELECT suite, run_date, count(*),
