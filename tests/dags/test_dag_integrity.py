@@ -49,7 +49,7 @@ def test_dags_set_tags_retries_and_one_active_run(dag_bag: DagBag):
 
 
 def test_warehouse_writers_share_the_single_slot_pool(dag_bag: DagBag):
-    dag = dag_bag.get_dag("segment_pipeline")
+    dag = dag_bag.dags["segment_pipeline"]
     ingest = dag.get_task("ingest")
     assert {a.name for a in ingest.outlets} >= {"raw.customers", "raw.orders"}
     dbt_tasks = [t for t in dag.tasks if t.task_id.startswith("features.")]
@@ -68,7 +68,7 @@ def test_every_dbt_model_is_a_task_that_builds_it_with_its_tests(
         for node in json.loads(dbt_manifest.read_text())["nodes"].values()
         if node["resource_type"] == "model"
     }
-    dag = dag_bag.get_dag("segment_pipeline")
+    dag = dag_bag.dags["segment_pipeline"]
     assert {t.task_id for t in dag.tasks if t.task_id.startswith("features.")} == {
         f"features.{model}_model_build" for model in models
     }
