@@ -35,6 +35,7 @@ def ensure_sentiment_table(con) -> None:
 def score_review_sentiment(settings: Settings, as_of: dt.date) -> int:
     """Score the reviews written before the day after `as_of` that have no score yet."""
     import numpy as np
+    import pyarrow as pa
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -74,8 +75,6 @@ def score_review_sentiment(settings: Settings, as_of: dt.date) -> int:
         )
         model.fit([text for text, _ in known], labels)
         scores = model.predict_proba([text for _, text in pending])[:, 1]
-        import pyarrow as pa
-
         scored = pa.table(  # noqa: F841  (read by name in the SQL below)
             {
                 "review_id": [review_id for review_id, _ in pending],
