@@ -198,3 +198,153 @@ def features_suite(
                 )
             )
     return gx.ExpectationSuite(name="customer_features", expectations=checks)
+
+
+PROBABILITY_COLUMNS = ("purchase_propensity", "churn_risk", "engagement_propensity")
+BANDS = ("low", "medium", "high")
+SUPPRESSION_REASONS = ("unsubscribed", "complaint", "hard_bounce", "no_opt_in", "invalid_address")
+SEGMENT_COLUMNS = (
+    "customer_id",
+    "as_of_date",
+    "segment",
+    "rfm_segment",
+    "purchase_propensity",
+    "purchase_propensity_band",
+    "churn_risk",
+    "churn_risk_band",
+    "engagement_propensity",
+    "engagement_propensity_band",
+    "predicted_clv",
+    "best_send_hour",
+    "send_hour_source",
+    "is_emailable",
+    "suppression_reason",
+    "holdout_audiences",
+    "personas_model_version",
+    "purchase_propensity_model_version",
+    "churn_risk_model_version",
+    "engagement_propensity_model_version",
+    "customer_value_model_version",
+)
+GUARDED_SCORES = ("purchase_propensity", "engagement_propensity", "predicted_clv")
+"""Scores whose mean is held within a band of the previous publications (warn): a model that
+suddenly scores everyone high or low is worth a look before a marketer notices."""
+
+
+def segments_suite(
+    feature_rows: int,
+    persona_names: list[str],
+    previous_means: Mapping[str, float],
+    thresholds: QualityThresholds,
+) -> gx.ExpectationSuite:
+    """The scored segments of one date, in staging, before they are published."""
+    checks = [
+        gxe.ExpectTableColumnsToMatchSet(
+            column_set=list(SEGMENT_COLUMNS),
+            exact_match=True,
+            meta=_meta(ERROR, "the published segments' columns"),
+        ),
+        gxe.ExpectTableRowCountToEqual(
+            value=feature_rows, meta=_meta(ERROR, "one scored row per feature row of the date")
+        ),
+        gxe.ExpectColumnValuesToBeUnique(
+            column="customer_id", meta=_meta(ERROR, "one row per customer")
+        ),
+    ]
+    for column in (
+        "customer_id",
+        "segment",
+        "rfm_segment",
+        "purchase_propensity",
+        "engagement_propensity",
+        "predicted_clv",
+        "best_send_hour",
+        "is_emailable",
+    ):
+        checks.append(
+            gxe.ExpectColumnValuesToNotBeNull(
+                column=column, meta=_meta(ERROR, "every customer is scored")
+            )
+        )
+    for column in PROBABILITY_COLUMNS:
+        checks.append(
+            gxe.ExpectColumnValuesToBeBetween(
+                column=column,
+                min_value=0,
+                max_value=1,
+                meta=_meta(ERROR, "a probability lies in [0, 1]"),
+            )
+        )
+        checks.append(
+            gxe.ExpectColumnValuesToBeInSet(
+                column=f"{column}_band", value_set=list(BANDS), meta=_meta(ERROR, "bands")
+            )
+        )
+    checks += [
+        gxe.ExpectColumnValuesToBeBetween(
+            column="predicted_clv", min_value=0, meta=_meta(ERROR, "revenue is >= 0")
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="best_send_hour", min_value=0, max_value=23, meta=_meta(ERROR, "an hour")
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="segment", value_set=persona_names, meta=_meta(ERROR, "persona names")
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="rfm_segment", value_set=list(RFM_SEGMENTS), meta=_meta(ERROR, "RFM names")
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="suppression_reason",
+            value_set=list(SUPPRESSION_REASONS),
+            meta=_meta(ERROR, "suppression reasons"),
+        ),
+        # Consent: an e-mailable customer has no suppression reason, any other has one.
+        gxe.ExpectColumnValuesToBeNull(
+            column="suppression_reason",
+            row_condition="is_emailable == True",
+            condition_parser="pandas",
+            meta=_meta(ERROR, "e-mailable customers have no suppression reason"),
+        ),
+        gxe.ExpectColumnValuesToNotBeNull(
+            column="suppression_reason",
+            row_condition="is_emailable == False",
+            condition_parser="pandas",
+            meta=_meta(ERROR, "a suppressed customer says why"),
+        ),
+    ]
+    for kind in (
+        "personas",
+        "purchase_propensity",
+        "churn_risk",
+        "engagement_propensity",
+        "customer_value",
+    ):
+        checks.append(
+            gxe.ExpectColumnValuesToBeBetween(
+                column=f"{kind}_model_version",
+                min_value=1,
+                meta=_meta(ERROR, "every score names the model version behind it"),
+            )
+        )
+        checks.append(
+            gxe.ExpectColumnValuesToNotBeNull(
+                column=f"{kind}_model_version",
+                meta=_meta(ERROR, "every score names the model version behind it"),
+            )
+        )
+    for column in GUARDED_SCORES:
+        previous = previous_means.get(column)
+        if previous is not None:
+            band = abs(previous) * thresholds.feature_mean_band
+            checks.append(
+                gxe.ExpectColumnMeanToBeBetween(
+                    column=column,
+                    min_value=previous - band,
+                    max_value=previous + band,
+                    meta=_meta(
+                        WARN,
+                        f"mean within {thresholds.feature_mean_band:.0%} of the previous publications' {previous:.4g}",
+                    ),
+                )
+            )
+    return gx.ExpectationSuite(name="customer_segments", expectations=checks)

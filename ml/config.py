@@ -42,6 +42,43 @@ class QualityThresholds:
 
 
 @dataclass(frozen=True)
+class ModelSettings:
+    """How models are trained and promoted (ml/train.py, ml/registry.py); each has an override."""
+
+    training_snapshots: int
+    """SEGFLOW_TRAINING_SNAPSHOTS: past as-of dates stacked into a training set, before the
+    out-of-time validation snapshot."""
+    snapshot_spacing_days: int
+    """SEGFLOW_SNAPSHOT_SPACING_DAYS: days between snapshots (at least the label horizon, so
+    that no training label window overlaps the validation snapshot)."""
+    tuning_iterations: int
+    """SEGFLOW_TUNING_ITERATIONS: hyper-parameter candidates tried per model."""
+    tuning_max_rows: int
+    """SEGFLOW_TUNING_MAX_ROWS: the search runs on at most this many rows (a sample); the final
+    model is fitted on all of them."""
+    promotion_tolerance: float
+    """SEGFLOW_PROMOTION_TOLERANCE: how much worse than the champion (on the gate's metric, same
+    validation snapshot) a challenger may be and still be promoted."""
+    auto_promote: bool
+    """SEGFLOW_AUTO_PROMOTE: move `champion` when the gate passes; false leaves it to a person
+    in the MLflow UI."""
+    persona_min_share: float
+    """SEGFLOW_PERSONA_MIN_SHARE: smallest share of customers a persona may hold."""
+    persona_max_count: int
+    """SEGFLOW_PERSONA_MAX_COUNT: most personas the clustering may choose."""
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    """How scores become published segments and audience exports (ml/score.py, ml/publish.py)."""
+
+    audiences_path: Path
+    """SEGFLOW_AUDIENCES_PATH: the marketer's audience definitions (YAML)."""
+    scoring_chunk_rows: int
+    """SEGFLOW_SCORING_CHUNK_ROWS: customers scored per chunk, which bounds scoring memory."""
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path
     landing_dir: Path
@@ -51,6 +88,8 @@ class Settings:
     duckdb_memory_limit: str
     """Memory DuckDB may use before spilling to disk (warehouse.duckdb.tmp/), e.g. 4GB."""
     quality: QualityThresholds
+    models: ModelSettings
+    publishing: PublishSettings
 
     @property
     def warehouse_path(self) -> Path:
@@ -136,6 +175,28 @@ def _share(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _given(env, name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r}: expected true or false")
+
+
+def _file(env: Mapping[str, str], name: str, default: Path) -> Path:
+    raw = _given(env, name)
+    if raw is None:
+        return default
+    path = Path(raw.strip()).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{name}={raw!r}: expected a file, but it is a directory")
+    return path.resolve()
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from `env` (default: the process environment)."""
     env = os.environ if env is None else env
@@ -155,5 +216,19 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             feature_max_null_share=_share(env, "SEGFLOW_FEATURE_MAX_NULL_SHARE", 0.9),
             feature_mean_band=_share(env, "SEGFLOW_FEATURE_MEAN_BAND", 0.5),
             gate_sample_rows=_positive_int(env, "SEGFLOW_GATE_SAMPLE_ROWS", 500_000),
+        ),
+        models=ModelSettings(
+            training_snapshots=_positive_int(env, "SEGFLOW_TRAINING_SNAPSHOTS", 4),
+            snapshot_spacing_days=_positive_int(env, "SEGFLOW_SNAPSHOT_SPACING_DAYS", 30),
+            tuning_iterations=_positive_int(env, "SEGFLOW_TUNING_ITERATIONS", 6),
+            tuning_max_rows=_positive_int(env, "SEGFLOW_TUNING_MAX_ROWS", 200_000),
+            promotion_tolerance=_share(env, "SEGFLOW_PROMOTION_TOLERANCE", 0.01),
+            auto_promote=_flag(env, "SEGFLOW_AUTO_PROMOTE", True),
+            persona_min_share=_share(env, "SEGFLOW_PERSONA_MIN_SHARE", 0.05),
+            persona_max_count=_positive_int(env, "SEGFLOW_PERSONA_MAX_COUNT", 7),
+        ),
+        publishing=PublishSettings(
+            audiences_path=_file(env, "SEGFLOW_AUDIENCES_PATH", PROJECT_DIR / "audiences.yml"),
+            scoring_chunk_rows=_positive_int(env, "SEGFLOW_SCORING_CHUNK_ROWS", 250_000),
         ),
     )

@@ -5,6 +5,9 @@
   files per entity, which stops the run above `SEGFLOW_QUARANTINE_MAX_SHARE`.
 - Features gate: `customer_features` for the as-of date, with the expected row count from
   `raw.customers` and feature means learned from the previous dates.
+- Segments gate: the scored rows in `staging.customer_segments` for the date, before they are
+  published: one per feature row, probabilities, bands, consent and model versions, and score
+  means against the previous publications.
 
 Large row sets are validated on a deterministic sample: rows whose key hashes into the first
 `gate_sample_rows / rows` of the hash space. Sampling by key keeps the checks honest: rows
@@ -157,18 +160,24 @@ def features_frame(
         known = con.execute(
             f"SELECT count(*) FROM raw.customers WHERE signup_at < ? AND {sample}", [cutoff]
         ).fetchone()[0]
-        means = con.execute(
-            f"""SELECT {", ".join(f"avg({c})" for c in GUARDED_FEATURES)} FROM (
-                    SELECT {", ".join(f"avg({c}) AS {c}" for c in GUARDED_FEATURES)}
-                    FROM marts.customer_features
-                    WHERE as_of_date IN (
-                        SELECT DISTINCT as_of_date FROM marts.customer_features
-                        WHERE as_of_date < ? ORDER BY as_of_date DESC LIMIT {PREVIOUS_RUNS_FOR_MEANS})
-                    GROUP BY as_of_date)""",
-            [as_of],
-        ).fetchone()
-    previous = {c: float(m) for c, m in zip(GUARDED_FEATURES, means, strict=True) if m is not None}
+        previous = previous_means(con, "marts.customer_features", GUARDED_FEATURES, as_of)
     return frame, known, previous
+
+
+def previous_means(con, table: str, columns, as_of: dt.date) -> dict[str, float]:
+    """Each column's mean over the previous dates of `table` (the mean of the per-date means, so
+    that every earlier run weighs the same), for the distribution guards."""
+    means = con.execute(
+        f"""SELECT {", ".join(f"avg({c})" for c in columns)} FROM (
+                SELECT {", ".join(f"avg({c}) AS {c}" for c in columns)}
+                FROM {table}
+                WHERE as_of_date IN (
+                    SELECT DISTINCT as_of_date FROM {table}
+                    WHERE as_of_date < ? ORDER BY as_of_date DESC LIMIT {PREVIOUS_RUNS_FOR_MEANS})
+                GROUP BY as_of_date)""",
+        [as_of],
+    ).fetchone()
+    return {c: float(m) for c, m in zip(columns, means, strict=True) if m is not None}
 
 
 def run_features_gate(settings: Settings, as_of: dt.date):
@@ -179,6 +188,52 @@ def run_features_gate(settings: Settings, as_of: dt.date):
     report = validate_frame(
         settings, frame, features_suite(known, previous, settings.quality), as_of
     )
+    report.raise_on_errors()
+    return report
+
+
+def segments_frame(
+    settings: Settings, as_of: dt.date
+) -> tuple[pd.DataFrame, int, dict[str, float]]:
+    """The date's staged segments (sampled when large), the number of feature rows of the date
+    under the same sample, and the guarded scores' means over the previous publications."""
+    from expectations.suites import GUARDED_SCORES
+
+    with connect(settings, read_only=True) as con:
+        if not table_exists(con, "staging", "customer_segments"):
+            raise QualityGateFailed(
+                f"segments gate for {as_of}: staging.customer_segments does not exist; "
+                "scoring must run before the gate"
+            )
+        rows = con.execute(
+            "SELECT count(*) FROM staging.customer_segments WHERE as_of_date = ?", [as_of]
+        ).fetchone()[0]
+        sample = _sample_filter("customer_id", rows, settings.quality.gate_sample_rows)
+        frame = con.execute(
+            f"SELECT * FROM staging.customer_segments WHERE as_of_date = ? AND {sample}", [as_of]
+        ).df()
+        feature_rows = con.execute(
+            f"SELECT count(*) FROM marts.customer_features WHERE as_of_date = ? AND {sample}",
+            [as_of],
+        ).fetchone()[0]
+        previous = (
+            previous_means(con, "published.customer_segments", GUARDED_SCORES, as_of)
+            if table_exists(con, "published", "customer_segments")
+            else {}
+        )
+    return frame, feature_rows, previous
+
+
+def run_segments_gate(settings: Settings, as_of: dt.date):
+    """The scored segments in staging, before they are published: a failure stops the publish
+    and leaves the last good publication in place."""
+    from expectations.runner import validate_frame
+    from expectations.suites import segments_suite
+    from ml.personas import PERSONA_CATALOGUE
+
+    frame, feature_rows, previous = segments_frame(settings, as_of)
+    suite = segments_suite(feature_rows, list(PERSONA_CATALOGUE), previous, settings.quality)
+    report = validate_frame(settings, frame, suite, as_of)
     report.raise_on_errors()
     return report
 

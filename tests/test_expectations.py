@@ -377,3 +377,154 @@ def test_every_outcome_is_stored_and_a_rerun_replaces_it(gx_modules, settings: S
         )
     ]
     assert (settings.reports_dir / "data_docs" / "index.html").exists()
+
+
+PERSONAS = ["Loyal high spenders", "Dormant"]
+
+
+def good_segments(rows: int = 40) -> pd.DataFrame:
+    emailable = [i % 4 != 0 for i in range(rows)]
+    frame = pd.DataFrame(
+        {
+            "customer_id": [f"c{i}" for i in range(rows)],
+            "as_of_date": [AS_OF] * rows,
+            "segment": [PERSONAS[i % 2] for i in range(rows)],
+            "rfm_segment": ["Champions", "Lost"] * (rows // 2),
+            "purchase_propensity": [i / rows for i in range(rows)],
+            "purchase_propensity_band": ["low", "medium", "high", "low"] * (rows // 4),
+            "churn_risk": [None if i % 3 == 0 else 0.3 for i in range(rows)],
+            "churn_risk_band": [None if i % 3 == 0 else "medium" for i in range(rows)],
+            "engagement_propensity": [0.2] * rows,
+            "engagement_propensity_band": ["low"] * rows,
+            "predicted_clv": [float(i) for i in range(rows)],
+            "best_send_hour": [i % 24 for i in range(rows)],
+            "send_hour_source": ["customer", "segment"] * (rows // 2),
+            "is_emailable": emailable,
+            "suppression_reason": [None if ok else "unsubscribed" for ok in emailable],
+            "holdout_audiences": [[] for _ in range(rows)],
+        }
+    )
+    for kind in (
+        "personas",
+        "purchase_propensity",
+        "churn_risk",
+        "engagement_propensity",
+        "customer_value",
+    ):
+        frame[f"{kind}_model_version"] = 3
+    return frame
+
+
+SEGMENT_MEANS = {"purchase_propensity": 0.4875, "engagement_propensity": 0.2, "predicted_clv": 19.5}
+
+SEGMENT_CASES = [
+    ("a customer unscored", lambda f: f.iloc[:-1], "expect_table_row_count_to_equal", None, "error"),
+    (
+        "a customer twice",
+        lambda f: changed(f, "customer_id", 1, "c0"),
+        "expect_column_values_to_be_unique",
+        "customer_id",
+        "error",
+    ),
+    (
+        "probability above 1",
+        lambda f: changed(f, "purchase_propensity", 0, 1.5),
+        "expect_column_values_to_be_between",
+        "purchase_propensity",
+        "error",
+    ),
+    (
+        "churn risk below 0",
+        lambda f: changed(f, "churn_risk", 1, -0.1),
+        "expect_column_values_to_be_between",
+        "churn_risk",
+        "error",
+    ),
+    (
+        "send hour 24",
+        lambda f: changed(f, "best_send_hour", 0, 24),
+        "expect_column_values_to_be_between",
+        "best_send_hour",
+        "error",
+    ),
+    (
+        "unknown persona",
+        lambda f: changed(f, "segment", 0, "Whales"),
+        "expect_column_values_to_be_in_set",
+        "segment",
+        "error",
+    ),
+    (
+        "unknown band",
+        lambda f: changed(f, "engagement_propensity_band", 0, "very high"),
+        "expect_column_values_to_be_in_set",
+        "engagement_propensity_band",
+        "error",
+    ),
+    (
+        "unknown suppression reason",
+        lambda f: changed(changed(f, "suppression_reason", 0, "spam trap"), "is_emailable", 0, False),
+        "expect_column_values_to_be_in_set",
+        "suppression_reason",
+        "error",
+    ),
+    (
+        "suppressed customer marked e-mailable",
+        lambda f: changed(f, "is_emailable", 0, True),
+        "expect_column_values_to_be_null",
+        "suppression_reason",
+        "error",
+    ),
+    (
+        "suppressed without a reason",
+        lambda f: changed(f, "suppression_reason", 0, None),
+        "expect_column_values_to_not_be_null",
+        "suppression_reason",
+        "error",
+    ),
+    (
+        "score without its model version",
+        lambda f: changed(f, "churn_risk_model_version", 5, None),
+        "expect_column_values_to_not_be_null",
+        "churn_risk_model_version",
+        "error",
+    ),
+    (
+        "everyone suddenly likely to buy",
+        lambda f: f.assign(purchase_propensity=0.95),
+        "expect_column_mean_to_be_between",
+        "purchase_propensity",
+        "warn",
+    ),
+]
+
+
+def test_good_segments_pass(gx_modules, settings: Settings):
+    suites, runner = gx_modules
+    suite = suites.segments_suite(40, PERSONAS, SEGMENT_MEANS, settings.quality)
+    report = runner.validate_frame(settings, good_segments(), suite, AS_OF)
+    assert failures(report) == []
+
+
+@pytest.mark.parametrize(
+    ("case", "breaks", "expectation", "column", "severity"),
+    SEGMENT_CASES,
+    ids=[c[0] for c in SEGMENT_CASES],
+)
+def test_each_bad_segments_frame_fails_exactly_its_expectation(
+    gx_modules, settings: Settings, case, breaks, expectation, column, severity
+):
+    suites, runner = gx_modules
+    suite = suites.segments_suite(40, PERSONAS, SEGMENT_MEANS, settings.quality)
+    report = runner.validate_frame(settings, breaks(good_segments()), suite, AS_OF)
+    found = [o for o in report.outcomes if not o.success]
+    assert [(o.expectation, o.column, o.severity) for o in found] == [
+        (expectation, column, severity)
+    ]
+    if severity == "warn":
+        report.raise_on_errors()
+    else:
+        with pytest.raises(runner.GateFailed) as error:
+            report.raise_on_errors()
+        assert f"gate 'customer_segments' failed for {AS_OF}" in str(error.value)
+        assert expectation in str(error.value)
