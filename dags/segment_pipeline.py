@@ -14,28 +14,42 @@ The daily run of segflow for one as-of date (the day of the run's logical date, 
    tests (`dbt build`): staging, intermediate, then the marts `customer_features` (for the
    date) and `training_labels` (for the date minus the label horizon).
 5. **features_gate**: the `customer_features` suite for the date.
+6. **ensure_champions**: cold start. When a model has no `champion` yet, the models are trained
+   first (the same code as the `train_models` DAG), instead of failing.
+7. **score**: every customer of the date scored by the champions (loaded by alias), in chunks,
+   into `staging.customer_segments`.
+8. **segments_gate**: the `customer_segments` suite on the staged rows.
+9. **publish**: write-audit-publish. The date's rows are swapped into
+   `published.customer_segments` in one transaction, with the audiences' members and holdouts,
+   and the exports for e-mail tools (`exports/<date>/<audience>.csv`, `manifest.json`) are moved
+   into place. A failure leaves the last good publication as it was.
+10. **segment_report**: an HTML report of the publication, also logged to MLflow.
 
 Every task that writes the warehouse runs in the `warehouse` pool (one slot): DuckDB allows one
-writing process. Re-running a date gives the same tables.
+writing process. Re-running a date gives the same tables and byte-identical exports.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import InvocationMode, LoadMode, TestBehavior
 
 from ml.config import load_settings
-from ml.contract import ENTITIES
 from ml.features import DBT_EXECUTABLE, DBT_PROJECT_DIR, dbt_environment
-from ml.orchestration import DEFAULT_ARGS, WAREHOUSE_POOL, resolve_as_of
-
-RAW_TABLES = [Asset(name=f"raw.{e.name}", uri=f"duckdb://segflow/raw/{e.name}") for e in ENTITIES]
-REVIEW_SENTIMENT = Asset(
-    name="derived.review_sentiment", uri="duckdb://segflow/derived/review_sentiment"
+from ml.orchestration import (
+    AUDIENCE_EXPORTS,
+    DEFAULT_ARGS,
+    PUBLISHED_SEGMENTS,
+    RAW_TABLES,
+    REGISTERED_MODELS,
+    REVIEW_SENTIMENT,
+    WAREHOUSE_POOL,
+    resolve_as_of,
 )
+
 # The same date the Python tasks resolve (ml.orchestration.resolve_as_of), in Jinja for dbt.
 AS_OF_TEMPLATE = "{{ params.as_of_date or (logical_date or data_interval_start) | ds }}"
 SETTINGS = load_settings()
@@ -135,7 +149,71 @@ def segment_pipeline():
         default_args=DEFAULT_ARGS,
     )
 
-    raw_gate(ingest()) >> score_review_texts() >> features >> features_gate()
+    @task(pool=WAREHOUSE_POOL, outlets=REGISTERED_MODELS)
+    def ensure_champions(params=None, data_interval_start=None, logical_date=None) -> list[str]:
+        """Cold start: train the models when any has no champion yet. Returns what was missing."""
+        from ml.registry import missing_champions
+        from ml.train import train_all
+
+        settings = load_settings()
+        missing = missing_champions(settings)
+        if missing:
+            as_of = resolve_as_of(params, data_interval_start, logical_date)
+            train_all(settings, as_of)
+        return missing
+
+    @task(pool=WAREHOUSE_POOL)
+    def score(params=None, data_interval_start=None, logical_date=None) -> int:
+        """Score the date's customers with the champions into staging.customer_segments."""
+        from ml.score import score_customers
+
+        return score_customers(
+            load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
+        )
+
+    @task(pool=WAREHOUSE_POOL, retries=0)
+    def segments_gate(params=None, data_interval_start=None, logical_date=None) -> None:
+        """The customer_segments suite on the staged rows: a failure stops the publish."""
+        from ml.quality import run_segments_gate
+
+        run_segments_gate(
+            load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
+        )
+
+    @task(pool=WAREHOUSE_POOL, outlets=[PUBLISHED_SEGMENTS, AUDIENCE_EXPORTS])
+    def publish(params=None, data_interval_start=None, logical_date=None, run_id=None) -> dict:
+        """Swap the gated rows into published.customer_segments and move the exports in place."""
+        from ml.publish import publish_segments
+
+        return publish_segments(
+            load_settings(),
+            as_of=resolve_as_of(params, data_interval_start, logical_date),
+            run_id=run_id,
+            gate_passed=True,  # segments_gate ran on these rows just before
+        )
+
+    @task
+    def segment_report(params=None, data_interval_start=None, logical_date=None) -> str:
+        """The run's segment report (HTML under the reports folder, and in MLflow)."""
+        from ml.segment_report import write_segment_report
+
+        return str(
+            write_segment_report(
+                load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
+            )
+        )
+
+    (
+        raw_gate(ingest())
+        >> score_review_texts()
+        >> features
+        >> features_gate()
+        >> ensure_champions()
+        >> score()
+        >> segments_gate()
+        >> publish()
+        >> segment_report()
+    )
 
 
 segment_pipeline()

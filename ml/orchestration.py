@@ -1,4 +1,5 @@
-"""What every segflow DAG shares: the warehouse pool, retry policy and the run's as-of date.
+"""What every segflow DAG shares: the warehouse pool, retry policy, the assets that show
+lineage in the UI, and the run's as-of date.
 
 Kept free of heavy imports: DAG files import this at parse time.
 """
@@ -8,6 +9,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from typing import Any
+
+from airflow.sdk import Asset
+
+from ml.contract import ENTITIES
 
 WAREHOUSE_POOL = "warehouse"
 """Pool of size 1: DuckDB allows one writing process, so every task that writes the
@@ -23,6 +28,34 @@ DEFAULT_ARGS: dict[str, Any] = {
 
 DAG_TAGS = {"segflow", "daily", "training", "monitoring"}
 """The small set of tags DAGs may use."""
+
+
+MODEL_KINDS = (
+    "personas",
+    "purchase_propensity",
+    "churn_risk",
+    "engagement_propensity",
+    "customer_value",
+)
+"""The models train_models registers as `segflow_<kind>` (ml.registry holds the same tuple; a
+test keeps them equal, so that parsing a DAG needs no MLflow import)."""
+
+
+def _table(schema: str, name: str) -> Asset:
+    return Asset(name=f"{schema}.{name}", uri=f"duckdb://segflow/{schema}/{name}")
+
+
+RAW_TABLES = [_table("raw", entity.name) for entity in ENTITIES]
+REVIEW_SENTIMENT = _table("derived", "review_sentiment")
+TRAINING_SET = Asset(name="training_set", uri="file://segflow/training")
+REGISTERED_MODELS = [
+    Asset(name=f"segflow_{kind}", uri=f"mlflow://segflow/models/segflow_{kind}")
+    for kind in MODEL_KINDS
+]
+PUBLISHED_SEGMENTS = _table("published", "customer_segments")
+AUDIENCE_EXPORTS = Asset(name="audience_exports", uri="file://segflow/exports")
+DRIFT_ALERT = Asset(name="drift_alert", uri="segflow://monitoring/drift_alert")
+"""Emitted by the drift monitor; schedules train_models."""
 
 
 class AsOfDateError(ValueError):

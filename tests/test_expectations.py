@@ -418,7 +418,13 @@ def good_segments(rows: int = 40) -> pd.DataFrame:
 SEGMENT_MEANS = {"purchase_propensity": 0.4875, "engagement_propensity": 0.2, "predicted_clv": 19.5}
 
 SEGMENT_CASES = [
-    ("a customer unscored", lambda f: f.iloc[:-1], "expect_table_row_count_to_equal", None, "error"),
+    (
+        "a customer unscored",
+        lambda f: f.iloc[:-1],
+        "expect_table_row_count_to_equal",
+        None,
+        "error",
+    ),
     (
         "a customer twice",
         lambda f: changed(f, "customer_id", 1, "c0"),
@@ -463,7 +469,9 @@ SEGMENT_CASES = [
     ),
     (
         "unknown suppression reason",
-        lambda f: changed(changed(f, "suppression_reason", 0, "spam trap"), "is_emailable", 0, False),
+        lambda f: changed(
+            changed(f, "suppression_reason", 0, "spam trap"), "is_emailable", 0, False
+        ),
         "expect_column_values_to_be_in_set",
         "suppression_reason",
         "error",
