@@ -2,6 +2,7 @@
 memory, and write docs/benchmarks.json and docs/benchmarks.md.
 
     python bench/run.py --customers 1000000 [--days 365] [--stages generate,ingest]
+                        [--work DIR]  # keep the data in DIR and reuse it in a later call
 
 Each stage is a `segflow` command in a child process; its peak resident memory is that
 process's own (wait4), so stages do not inherit each other's peaks. Results accumulate in the
@@ -33,6 +34,10 @@ STAGES_AFTER_GENERATE = {
     "raw_gate": ["gate", "raw", "--as-of"],
     "features": ["features", "--as-of"],
     "features_gate": ["gate", "features", "--as-of"],
+    "train": ["train", "--as-of"],
+    "score": ["score", "--as-of"],
+    "segments_gate": ["gate", "segments", "--as-of"],
+    "publish": ["publish", "--as-of"],
 }
 
 
@@ -142,15 +147,18 @@ def main() -> None:
     )
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=365)
-    parser.add_argument("--stages", default="generate,ingest,raw_gate,features,features_gate")
-    parser.add_argument("--keep", action="store_true", help="keep the generated data")
+    parser.add_argument("--stages", default=",".join(["generate", *STAGES_AFTER_GENERATE]))
+    parser.add_argument(
+        "--work", type=Path, help="keep the data in this folder (and reuse what it holds)"
+    )
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix=f"segflow-bench-{args.customers}-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix=f"segflow-bench-{args.customers}-"))
+    work.mkdir(parents=True, exist_ok=True)
     try:
         result = run(args.customers, args.days, args.stages.split(","), work)
     finally:
-        if not args.keep:
+        if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     result.update(
         customers=args.customers,
@@ -163,7 +171,12 @@ def main() -> None:
         ),
     )
     all_results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    all_results[f"{args.customers}x{args.days}"] = result
+    # A run of some stages updates those and keeps the scale's other measurements.
+    key = f"{args.customers}x{args.days}"
+    earlier = all_results.get(key, {"stages": {}})
+    result["stages"] = {**earlier["stages"], **result["stages"]}
+    result["rows"] = result["rows"] or earlier.get("rows", {})
+    all_results[key] = result
     RESULTS.write_text(json.dumps(all_results, indent=2, sort_keys=True) + "\n")
     write_report(all_results)
     print(REPORT.read_text())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import resource
 import sys
@@ -74,17 +75,62 @@ def cmd_features(args: argparse.Namespace) -> None:
 
 
 def cmd_gate(args: argparse.Namespace) -> None:
-    from ml.quality import latest_load_time, run_features_gate, run_raw_gate
+    from ml.quality import latest_load_time, run_features_gate, run_raw_gate, run_segments_gate
 
     settings = load_settings()
     if args.table == "raw":
         reports = run_raw_gate(settings, args.as_of, latest_load_time(settings))
-    else:
+    elif args.table == "features":
         reports = [run_features_gate(settings, args.as_of)]
+    else:
+        reports = [run_segments_gate(settings, args.as_of)]
     for report in reports:
         print(
             f"{report.suite}: passed ({len(report.outcomes)} expectations, {report.rows_validated:,} rows)"
         )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from ml.train import train_all, training_summary
+
+    settings = load_settings()
+    train_all(settings, args.as_of)  # logs each model's evaluation and promotion decision
+    print(training_summary(settings))
+
+
+def cmd_models(_: argparse.Namespace) -> None:
+    from ml.train import training_summary
+
+    print(training_summary(load_settings()))
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from ml.score import score_customers
+
+    rows = score_customers(load_settings(), args.as_of)
+    print(f"scored {rows:,} customers as of {args.as_of} into staging.customer_segments")
+
+
+def cmd_publish(args: argparse.Namespace) -> None:
+    from ml.publish import publish_segments
+    from ml.segment_report import write_segment_report
+
+    settings = load_settings()
+    result = publish_segments(settings, args.as_of, run_id=args.run_id, gate_passed=False)
+    print(json.dumps(result, indent=2, default=str))
+    print(f"segment report: {write_segment_report(settings, args.as_of)}")
+
+
+def cmd_segments(args: argparse.Namespace) -> None:
+    from ml.segment_report import segments_summary
+
+    print(segments_summary(load_settings(), args.as_of))
+
+
+def cmd_readout(args: argparse.Namespace) -> None:
+    from ml.readout import readout
+
+    print(readout(load_settings(), args.audience, args.as_of, args.window_days).render())
 
 
 def cmd_dbt(args: argparse.Namespace) -> None:
@@ -153,9 +199,43 @@ def build_parser() -> argparse.ArgumentParser:
     features.set_defaults(handler=cmd_features)
 
     gate = commands.add_parser("gate", help="run a data quality gate for a date")
-    gate.add_argument("table", choices=("raw", "features"))
+    gate.add_argument("table", choices=("raw", "features", "segments"))
     gate.add_argument("--as-of", type=_date, required=True)
     gate.set_defaults(handler=cmd_gate)
+
+    train = commands.add_parser(
+        "train", help="train, evaluate, register and promote every model as of a date"
+    )
+    train.add_argument("--as-of", type=_date, required=True)
+    train.set_defaults(handler=cmd_train)
+
+    models = commands.add_parser("models", help="the champion of each model and its metrics")
+    models.set_defaults(handler=cmd_models)
+
+    score = commands.add_parser("score", help="score a date's customers into staging")
+    score.add_argument("--as-of", type=_date, required=True)
+    score.set_defaults(handler=cmd_score)
+
+    publish = commands.add_parser(
+        "publish", help="gate the staged scores, publish them and write the audience exports"
+    )
+    publish.add_argument("--as-of", type=_date, required=True)
+    publish.add_argument("--run-id", default="manual", help="recorded in the manifest")
+    publish.set_defaults(handler=cmd_publish)
+
+    segments = commands.add_parser("segments", help="the published segments of a date")
+    segments.add_argument("--as-of", type=_date, help="default: the newest publication")
+    segments.set_defaults(handler=cmd_segments)
+
+    readout_parser = commands.add_parser(
+        "readout", help="conversion and revenue of an audience's treatment against its holdout"
+    )
+    readout_parser.add_argument("--audience", required=True)
+    readout_parser.add_argument("--as-of", type=_date, required=True, help="the publication date")
+    readout_parser.add_argument(
+        "--window-days", type=_positive, default=14, help="days after the send to count orders"
+    )
+    readout_parser.set_defaults(handler=cmd_readout)
 
     dbt = commands.add_parser(
         "dbt", help="run any dbt command on the project, configured for this warehouse"

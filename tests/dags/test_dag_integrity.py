@@ -53,9 +53,41 @@ def test_warehouse_writers_share_the_single_slot_pool(dag_bag: DagBag):
     ingest = dag.get_task("ingest")
     assert {a.name for a in ingest.outlets} >= {"raw.customers", "raw.orders"}
     dbt_tasks = [t for t in dag.tasks if t.task_id.startswith("features.")]
-    gates = [dag.get_task("raw_gate"), dag.get_task("features_gate")]
-    writers = [ingest, dag.get_task("score_review_texts"), *gates, *dbt_tasks]
-    assert {t.pool for t in writers} == {WAREHOUSE_POOL}
+    gates = [dag.get_task(f"{name}_gate") for name in ("raw", "features", "segments")]
+    writers = [
+        dag.get_task(task_id)
+        for task_id in ("score_review_texts", "ensure_champions", "score", "publish")
+    ]
+    assert {t.pool for t in [ingest, *gates, *writers, *dbt_tasks]} == {WAREHOUSE_POOL}
+    # Training writes the warehouse only when dbt builds missing snapshots.
+    train = dag_bag.dags["train_models"]
+    assert train.get_task("build_training_set").pool == WAREHOUSE_POOL
+    assert train.get_task("train_model").pool != WAREHOUSE_POOL
+
+
+def test_publishing_follows_scoring_and_its_gate(dag_bag: DagBag):
+    dag = dag_bag.dags["segment_pipeline"]
+    order = ["features_gate", "ensure_champions", "score", "segments_gate", "publish"]
+    for upstream, downstream in zip(order, order[1:], strict=False):
+        assert dag.get_task(downstream).upstream_task_ids == {upstream}
+    assert {a.name for a in dag.get_task("publish").outlets} == {
+        "published.customer_segments",
+        "audience_exports",
+    }
+
+
+def test_train_models_trains_every_model_weekly_and_on_drift(dag_bag: DagBag):
+    from ml.registry import MODEL_KINDS
+
+    dag = dag_bag.dags["train_models"]
+    # The DAG file takes the kinds from ml.orchestration to avoid importing MLflow at parse time.
+    assert dag.get_task("train_model").op_kwargs_expand_input.value["kind"] == list(MODEL_KINDS)
+    assert dag.get_task("promote").upstream_task_ids == {"train_model"}
+    assert {a.name for a in dag.get_task("promote").outlets} == {
+        f"segflow_{kind}" for kind in MODEL_KINDS
+    }
+    assert "drift_alert" in str(dag.timetable.asset_condition)
+    assert dag.timetable.timetable.expression == "0 4 * * 1"
 
 
 def test_every_dbt_model_is_a_task_that_builds_it_with_its_tests(

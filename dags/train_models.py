@@ -1,0 +1,102 @@
+"""
+### train_models
+
+Trains, evaluates, registers and promotes segflow's models, weekly (Mondays 04:00 UTC) and
+whenever the drift monitor emits the `drift_alert` asset. For an as-of date (the day of the
+logical date, or the `as_of_date` param):
+
+1. **build_training_set**: point-in-time snapshots of `customer_features` joined to
+   `training_labels` (monthly, stacked), plus an out-of-time validation snapshot after them;
+   missing snapshots are built with dbt. Written to Parquet, so training never holds the
+   warehouse.
+2. **train_model** (one mapped task per model): hyper-parameter search under time-aware
+   cross-validation, calibration, evaluation on the validation snapshot against a baseline
+   that needs no learning, an MLflow run with charts and a model card, and a new registered
+   version with the alias `challenger`.
+3. **promote** (one per model): the gate. The challenger must beat the baseline and be no worse
+   than the `champion` on the same snapshot beyond `SEGFLOW_PROMOTION_TOLERANCE`; then
+   `champion` moves, unless `SEGFLOW_AUTO_PROMOTE=false` leaves that to a person in the MLflow
+   UI. Each version is tagged with its validation status and the reason.
+4. **summary**: what was promoted and why, in the log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+
+from ml.config import load_settings
+from ml.orchestration import (
+    DEFAULT_ARGS,
+    DRIFT_ALERT,
+    MODEL_KINDS,
+    REGISTERED_MODELS,
+    TRAINING_SET,
+    WAREHOUSE_POOL,
+    resolve_as_of,
+)
+
+
+@dag(
+    dag_id="train_models",
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("0 4 * * 1", timezone="UTC"), assets=[DRIFT_ALERT]
+    ),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["segflow", "training"],
+    params={
+        "as_of_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="Train as of this date (YYYY-MM-DD); empty means the day of the logical date.",
+        )
+    },
+    doc_md=__doc__,
+)
+def train_models():
+    @task(pool=WAREHOUSE_POOL, outlets=[TRAINING_SET])
+    def build_training_set(params=None, data_interval_start=None, logical_date=None) -> str:
+        """Snapshots of features and labels up to the as-of date, as Parquet (dbt builds the
+        missing ones, hence the warehouse pool)."""
+        from ml.training_sets import build_training_set
+
+        as_of = resolve_as_of(params, data_interval_start, logical_date)
+        return str(build_training_set(load_settings(), as_of))
+
+    # Two cores: one model at a time gets both of them.
+    @task(max_active_tis_per_dagrun=1)
+    def train_model(kind: str, training_set_dir: str) -> dict:
+        """Tune, train, evaluate and register one model as `challenger`."""
+        from pathlib import Path
+
+        from ml.train import train_and_register
+
+        return train_and_register(load_settings(), kind, Path(training_set_dir))
+
+    @task(outlets=REGISTERED_MODELS)
+    def promote(trained: dict) -> dict:
+        """The promotion gate for one new version."""
+        from ml.registry import promote
+
+        return promote(load_settings(), trained["kind"], trained["version"])
+
+    @task
+    def summary(decisions: list[dict]) -> None:
+        import logging
+
+        log = logging.getLogger(__name__)
+        for decision in decisions:
+            log.info("%s", decision)
+
+    trained = train_model.partial(training_set_dir=build_training_set()).expand(
+        kind=list(MODEL_KINDS)
+    )
+    summary(promote.expand(trained=trained))
+
+
+train_models()
