@@ -16,6 +16,7 @@ from great_expectations import expectations as gxe
 
 from ml.config import QualityThresholds
 from ml.contract import ENTITY_BY_NAME
+from ml.features import RFM_SEGMENTS
 
 ERROR, WARN = "error", "warn"
 
@@ -24,20 +25,6 @@ RATE_FEATURES = (
     "email_click_rate_90d",
     "cart_abandonment_rate_30d",
     "avg_review_sentiment",
-)
-RFM_SEGMENTS = (
-    "Champions",
-    "Loyal",
-    "Potential loyalist",
-    "New",
-    "Promising",
-    "Need attention",
-    "About to sleep",
-    "At risk",
-    "Cannot lose them",
-    "Hibernating",
-    "Lost",
-    "No purchase yet",
 )
 AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55-64", "65+", "unknown")
 GUARDED_FEATURES = (

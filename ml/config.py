@@ -76,6 +76,13 @@ class PublishSettings:
     """SEGFLOW_AUDIENCES_PATH: the marketer's audience definitions (YAML)."""
     scoring_chunk_rows: int
     """SEGFLOW_SCORING_CHUNK_ROWS: customers scored per chunk, which bounds scoring memory."""
+    band_high_share: float
+    """SEGFLOW_BAND_HIGH_SHARE: the top share of a date's customers whose score band is `high`."""
+    band_medium_share: float
+    """SEGFLOW_BAND_MEDIUM_SHARE: the next share, band `medium` (the rest is `low`)."""
+    default_send_hour: int
+    """SEGFLOW_DEFAULT_SEND_HOUR: send hour (UTC) when neither the customer nor their persona
+    has an engagement hour."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +182,15 @@ def _share(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _hour(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = _given(env, name)
+    if raw is None:
+        return default
+    if not raw.strip().isdigit() or not 0 <= int(raw) <= 23:
+        raise ConfigError(f"{name}={raw!r}: expected an hour of the day, 0 to 23")
+    return int(raw)
+
+
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = _given(env, name)
     if raw is None:
@@ -230,5 +246,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         publishing=PublishSettings(
             audiences_path=_file(env, "SEGFLOW_AUDIENCES_PATH", PROJECT_DIR / "audiences.yml"),
             scoring_chunk_rows=_positive_int(env, "SEGFLOW_SCORING_CHUNK_ROWS", 250_000),
+            band_high_share=_share(env, "SEGFLOW_BAND_HIGH_SHARE", 0.2),
+            band_medium_share=_share(env, "SEGFLOW_BAND_MEDIUM_SHARE", 0.3),
+            default_send_hour=_hour(env, "SEGFLOW_DEFAULT_SEND_HOUR", 10),
         ),
     )

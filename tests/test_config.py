@@ -53,6 +53,9 @@ def test_landing_follows_an_overridden_data_dir(tmp_path: Path):
         ("MLFLOW_TRACKING_URI", "data/mlflow.db", "expected a URI"),
         ("MLFLOW_TRACKING_URI", "ftp://host/x", "expected a URI"),
         ("SEGFLOW_DUCKDB_MEMORY_LIMIT", "lots", "expected a memory size"),
+        ("SEGFLOW_AUTO_PROMOTE", "maybe", "expected true or false"),
+        ("SEGFLOW_DEFAULT_SEND_HOUR", "25", "expected an hour of the day"),
+        ("SEGFLOW_PROMOTION_TOLERANCE", "2", "must be between 0 and 1"),
     ],
 )
 def test_a_wrong_value_names_the_variable(name: str, value: str, expected: str):
@@ -67,3 +70,28 @@ def test_a_directory_setting_pointing_at_a_file_is_refused(tmp_path: Path):
     file.write_text("x")
     with pytest.raises(ConfigError, match="SEGFLOW_DATA_DIR"):
         load_settings({"SEGFLOW_DATA_DIR": str(file)})
+
+
+def test_model_and_publishing_settings_have_overrides(tmp_path: Path):
+    settings = load_settings(
+        {
+            "SEGFLOW_TRAINING_SNAPSHOTS": "6",
+            "SEGFLOW_AUTO_PROMOTE": "false",
+            "SEGFLOW_PROMOTION_TOLERANCE": "0.02",
+            "SEGFLOW_AUDIENCES_PATH": str(tmp_path / "campaigns.yml"),
+            "SEGFLOW_BAND_HIGH_SHARE": "0.1",
+            "SEGFLOW_DEFAULT_SEND_HOUR": "18",
+        }
+    )
+    assert settings.models.training_snapshots == 6
+    assert settings.models.auto_promote is False
+    assert settings.models.promotion_tolerance == 0.02
+    assert settings.publishing.audiences_path == tmp_path / "campaigns.yml"
+    assert settings.publishing.band_high_share == 0.1
+    assert settings.publishing.default_send_hour == 18
+    assert load_settings({}).models.auto_promote is True
+
+
+def test_an_audiences_path_that_is_a_directory_is_refused(tmp_path: Path):
+    with pytest.raises(ConfigError, match="SEGFLOW_AUDIENCES_PATH"):
+        load_settings({"SEGFLOW_AUDIENCES_PATH": str(tmp_path)})

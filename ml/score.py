@@ -1,0 +1,323 @@
+"""Scoring a date's customers with the champion models into `staging.customer_segments`.
+
+Each model is loaded by its `champion` alias and every row records the version behind each
+score. Customers are read and scored in chunks of `SEGFLOW_SCORING_CHUNK_ROWS` (by ranges of
+customer_id), and each chunk's scores go straight into the warehouse, so memory stays flat as
+the customer base grows. The rest (bands, send hour, consent, audiences and holdouts) is SQL
+over the whole date.
+
+- segment: the persona of the customer's cluster (`personas` model).
+- purchase_propensity, engagement_propensity: probabilities in [0, 1]; churn_risk likewise, but
+  only for active customers (a completed order in the 365 days before the date); it is null for
+  the others, for whom churn is not defined.
+- predicted_clv: the `customer_value` model's revenue, clipped at 0.
+- bands: by rank within the date, as e-mail tools present scores: `high` for the top 20%,
+  `medium` for the next 30%, `low` for the rest; tied scores share the better band.
+- best_send_hour: the customer's own most frequent open/click hour; else the most common one of
+  their persona on the date, else of everyone, else 10:00 (UTC).
+- is_emailable / suppression_reason: the first of unsubscribed, complaint, hard_bounce,
+  no_opt_in, invalid_address that applies; none means e-mailable.
+- holdout_audiences: the audiences (audiences.yml) in which the customer is in the holdout;
+  the members of each audience go to `staging.audience_members`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from ml.audiences import Audience, audience_definitions, build_members, load_audiences
+from ml.config import PublishSettings, Settings
+from ml.warehouse import connect
+
+log = logging.getLogger(__name__)
+
+
+SEGMENTS_COLUMNS = """(
+    customer_id VARCHAR NOT NULL,
+    as_of_date DATE NOT NULL,
+    segment VARCHAR,
+    rfm_segment VARCHAR,
+    purchase_propensity DOUBLE,
+    purchase_propensity_band VARCHAR,
+    churn_risk DOUBLE,
+    churn_risk_band VARCHAR,
+    engagement_propensity DOUBLE,
+    engagement_propensity_band VARCHAR,
+    predicted_clv DOUBLE,
+    best_send_hour INTEGER,
+    send_hour_source VARCHAR,
+    is_emailable BOOLEAN,
+    suppression_reason VARCHAR,
+    holdout_audiences VARCHAR[],
+    personas_model_version INTEGER,
+    purchase_propensity_model_version INTEGER,
+    churn_risk_model_version INTEGER,
+    engagement_propensity_model_version INTEGER,
+    customer_value_model_version INTEGER
+)"""
+MEMBERS_COLUMNS = """(
+    as_of_date DATE NOT NULL,
+    audience VARCHAR NOT NULL,
+    customer_id VARCHAR NOT NULL,
+    is_holdout BOOLEAN NOT NULL
+)"""
+DEFINITIONS_COLUMNS = """(
+    as_of_date DATE NOT NULL,
+    audience VARCHAR NOT NULL,
+    description VARCHAR NOT NULL,
+    holdout_share DOUBLE NOT NULL,
+    filters JSON NOT NULL
+)"""
+DATED_TABLES = {
+    "customer_segments": SEGMENTS_COLUMNS,
+    "audience_members": MEMBERS_COLUMNS,
+    "audience_definitions": DEFINITIONS_COLUMNS,
+}
+PROBABILITY_KINDS = ("purchase_propensity", "churn_risk", "engagement_propensity")
+
+
+class ScoringError(RuntimeError):
+    """Scoring cannot run for a date; the message says what to do."""
+
+
+def ensure_segment_tables(con: duckdb.DuckDBPyConnection, schema: str) -> None:
+    """`customer_segments`, `audience_members` and `audience_definitions` (what each audience
+    meant on the date) in `schema`: staging and published share their columns, so a swap is a
+    plain insert."""
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    for table, columns in DATED_TABLES.items():
+        con.execute(f"CREATE TABLE IF NOT EXISTS {schema}.{table} {columns}")
+
+
+def _chunk_bounds(con: duckdb.DuckDBPyConnection, as_of: dt.date, chunk_rows: int) -> list[str]:
+    """The first customer_id of each chunk, in key order."""
+    return [
+        row[0]
+        for row in con.execute(
+            f"""SELECT customer_id FROM (
+                    SELECT customer_id, row_number() OVER (ORDER BY customer_id) - 1 AS position
+                    FROM marts.customer_features WHERE as_of_date = ?)
+                WHERE position % {chunk_rows} = 0 ORDER BY customer_id""",
+            [as_of],
+        ).fetchall()
+    ]
+
+
+def _model_input(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+    """The model's columns as training saw them (from Parquet): DuckDB hands nullable integers
+    over as pandas' Int64 with pd.NA, the models were fitted on float64 with NaN."""
+    data = frame[features]
+    nullable = {
+        column: "float64"
+        for column, dtype in data.dtypes.items()
+        if isinstance(dtype, pd.api.extensions.ExtensionDtype)
+        and pd.api.types.is_numeric_dtype(dtype)
+    }
+    return data.astype(nullable) if nullable else data
+
+
+def _score_chunk(frame: pd.DataFrame, champions: dict) -> pd.DataFrame:
+    personas = champions["personas"]
+    labels = personas.model.predict(_model_input(frame, personas.features))
+    scores = pd.DataFrame(
+        {
+            "customer_id": frame["customer_id"].to_numpy(),
+            "segment": [personas.persona_names[int(label)] for label in labels],
+        }
+    )
+    for kind in ("purchase_propensity", "engagement_propensity"):
+        champion = champions[kind]
+        scores[kind] = champion.model.predict_proba(_model_input(frame, champion.features))[:, 1]
+    active = (frame["orders_365d"] > 0).to_numpy()
+    churn = np.full(len(frame), np.nan)
+    if active.any():
+        champion = champions["churn_risk"]
+        churn[active] = champion.model.predict_proba(
+            _model_input(frame.loc[active], champion.features)
+        )[:, 1]
+    scores["churn_risk"] = churn
+    value = champions["customer_value"]
+    scores["predicted_clv"] = np.clip(
+        value.model.predict(_model_input(frame, value.features)), 0, None
+    )
+    return scores
+
+
+def _score_in_chunks(
+    con: duckdb.DuckDBPyConnection, as_of: dt.date, champions: dict, chunk_rows: int
+) -> None:
+    """Model scores of every customer of the date into the temp table `model_scores`."""
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE model_scores (
+            customer_id VARCHAR, segment VARCHAR, purchase_propensity DOUBLE,
+            engagement_propensity DOUBLE, churn_risk DOUBLE, predicted_clv DOUBLE)"""
+    )
+    features = sorted({f for champion in champions.values() for f in champion.features})
+    columns = ", ".join(
+        ["customer_id", "orders_365d", *(f for f in features if f != "orders_365d")]
+    )
+    bounds = _chunk_bounds(con, as_of, chunk_rows)
+    for index, first in enumerate(bounds):
+        started = time.perf_counter()
+        upper = "AND customer_id < ?" if index + 1 < len(bounds) else ""
+        params = [as_of, first] + ([bounds[index + 1]] if upper else [])
+        frame = con.execute(
+            f"""SELECT {columns} FROM marts.customer_features
+                WHERE as_of_date = ? AND customer_id >= ? {upper} ORDER BY customer_id""",
+            params,
+        ).df()
+        chunk = _score_chunk(frame, champions)  # noqa: F841  (read by name in SQL)
+        con.execute("INSERT INTO model_scores BY NAME SELECT * FROM chunk")
+        log.info(
+            "scored chunk %d/%d: %d customers in %.1fs",
+            index + 1,
+            len(bounds),
+            len(frame),
+            time.perf_counter() - started,
+        )
+
+
+def _band(score: str, publishing: PublishSettings) -> str:
+    rank, count = f"{score}_rank", f"{score}_count"
+    high, medium = publishing.band_high_share, publishing.band_medium_share
+    return f"""CASE WHEN {score} IS NULL THEN NULL
+                    WHEN {rank} - 1 < {high} * {count} THEN 'high'
+                    WHEN {rank} - 1 < {high + medium} * {count} THEN 'medium'
+                    ELSE 'low' END"""
+
+
+def _build_segments(
+    con: duckdb.DuckDBPyConnection, as_of: dt.date, versions: dict, publishing: PublishSettings
+) -> None:
+    """The date's segment rows (without holdouts) into the temp table `scored_segments`."""
+    ranks = ", ".join(
+        f"rank() OVER (ORDER BY {k} DESC NULLS LAST) AS {k}_rank, count({k}) OVER () AS {k}_count"
+        for k in PROBABILITY_KINDS
+    )
+    version_columns = ", ".join(
+        f"{int(version)} AS {kind}_model_version" for kind, version in versions.items()
+    )
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE scored_segments AS
+        WITH base AS (
+            SELECT f.customer_id, f.as_of_date, s.segment, f.rfm_segment,
+                   s.purchase_propensity, s.churn_risk, s.engagement_propensity, s.predicted_clv,
+                   f.preferred_hour, f.is_unsubscribed, f.has_complained, f.has_hard_bounced,
+                   f.is_opted_in, f.has_valid_email
+            FROM marts.customer_features f JOIN model_scores s USING (customer_id)
+            WHERE f.as_of_date = ?
+        ),
+        hour_counts AS (
+            SELECT segment, preferred_hour AS hour, count(*) AS customers
+            FROM base WHERE preferred_hour IS NOT NULL GROUP BY ALL
+        ),
+        segment_hours AS (
+            SELECT segment, arg_max(hour, (customers, -hour)) AS hour
+            FROM hour_counts GROUP BY segment
+        ),
+        overall_hour AS (
+            SELECT arg_max(hour, (customers, -hour)) AS hour
+            FROM (SELECT hour, sum(customers) AS customers FROM hour_counts GROUP BY hour)
+        ),
+        ranked AS (
+            SELECT base.*, {ranks},
+                   CASE WHEN is_unsubscribed THEN 'unsubscribed'
+                        WHEN has_complained THEN 'complaint'
+                        WHEN has_hard_bounced THEN 'hard_bounce'
+                        WHEN NOT is_opted_in THEN 'no_opt_in'
+                        WHEN NOT has_valid_email THEN 'invalid_address' END AS suppression_reason
+            FROM base
+        )
+        SELECT customer_id, as_of_date, ranked.segment, rfm_segment,
+               purchase_propensity, {_band("purchase_propensity", publishing)} AS purchase_propensity_band,
+               churn_risk, {_band("churn_risk", publishing)} AS churn_risk_band,
+               engagement_propensity,
+               {_band("engagement_propensity", publishing)} AS engagement_propensity_band,
+               predicted_clv,
+               CAST(coalesce(preferred_hour, segment_hours.hour, (SELECT hour FROM overall_hour),
+                             {publishing.default_send_hour}) AS INTEGER) AS best_send_hour,
+               CASE WHEN preferred_hour IS NOT NULL THEN 'customer' ELSE 'segment' END
+                   AS send_hour_source,
+               suppression_reason IS NULL AS is_emailable,
+               suppression_reason,
+               {version_columns}
+        FROM ranked LEFT JOIN segment_hours ON segment_hours.segment = ranked.segment""",
+        [as_of],
+    )
+
+
+def stage_scored_segments(
+    con: duckdb.DuckDBPyConnection, as_of: dt.date, audiences: list[Audience]
+) -> None:
+    """From the temp table `scored_segments` (the date's rows, all columns but the holdouts):
+    each audience's members and holdouts, then in one transaction the date's staged rows,
+    members and audience definitions are replaced."""
+    build_members(con, audiences, "scored_segments", "scored_members")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        ensure_segment_tables(con, "staging")
+        for table in DATED_TABLES:
+            con.execute(f"DELETE FROM staging.{table} WHERE as_of_date = ?", [as_of])
+        con.execute(
+            """INSERT INTO staging.customer_segments BY NAME
+            SELECT s.*, coalesce(h.audiences, []::VARCHAR[]) AS holdout_audiences
+            FROM scored_segments s
+            LEFT JOIN (SELECT customer_id, list(audience ORDER BY audience) AS audiences
+                       FROM scored_members WHERE is_holdout GROUP BY customer_id) h
+                USING (customer_id)
+            ORDER BY customer_id"""
+        )
+        con.execute(
+            """INSERT INTO staging.audience_members
+            SELECT * FROM scored_members ORDER BY audience, customer_id"""
+        )
+        if audiences:
+            con.executemany(
+                "INSERT INTO staging.audience_definitions VALUES (?, ?, ?, ?, ?)",
+                [[as_of, *definition] for definition in audience_definitions(audiences)],
+            )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def score_customers(settings: Settings, as_of: dt.date) -> int:
+    """Score every customer of `as_of` with the champions into `staging.customer_segments`
+    (replacing the date's staged rows) and stage the audiences' members. Returns the rows
+    staged. Raises ml.registry.NoChampion when a model has no champion (train first)."""
+    from ml.registry import MODEL_KINDS, load_champion
+
+    # Audiences first: a broken audience file should stop the run before minutes of scoring.
+    audiences = load_audiences(settings.publishing.audiences_path)
+    champions = {kind: load_champion(settings, kind) for kind in MODEL_KINDS}
+    versions = {kind: champions[kind].version for kind in MODEL_KINDS}
+    started = time.perf_counter()
+    with connect(settings) as con:
+        customers = con.execute(
+            "SELECT count(*) FROM marts.customer_features WHERE as_of_date = ?", [as_of]
+        ).fetchone()[0]
+        if not customers:
+            raise ScoringError(
+                f"no customer_features for {as_of}: build the features for that date first "
+                f"(segflow features --as-of {as_of})"
+            )
+        _score_in_chunks(con, as_of, champions, settings.publishing.scoring_chunk_rows)
+        _build_segments(con, as_of, versions, settings.publishing)
+        stage_scored_segments(con, as_of, audiences)
+    seconds = time.perf_counter() - started
+    log.info(
+        "scored %d customers as of %s in %.1fs (%.0f per second); model versions %s",
+        customers,
+        as_of,
+        seconds,
+        customers / seconds,
+        versions,
+    )
+    return customers

@@ -1,0 +1,284 @@
+"""What a publication holds, for people: an HTML report per date and a terminal summary.
+
+The report (`<reports dir>/segments/<as_of_date>.html`, self-contained) shows segment sizes,
+each segment's profile (scores and the features behind them), score distributions and
+audience counts. It is logged to MLflow too (experiment `segflow-publishing`, one run per
+report) with its headline numbers as metrics. It holds aggregates only: no customer id or
+address leaves the warehouse this way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import logging
+from pathlib import Path
+
+from ml.config import Settings
+from ml.warehouse import connect, table_exists
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "segflow-publishing"
+HISTOGRAM_BINS = 10
+PROFILE_COLUMNS = {
+    "customers": "count(*)",
+    "share": "count(*) / sum(count(*)) OVER ()",
+    "e-mailable": "avg(s.is_emailable::INTEGER)",
+    "purchase propensity": "avg(s.purchase_propensity)",
+    "churn risk": "avg(s.churn_risk)",
+    "engagement": "avg(s.engagement_propensity)",
+    "predicted CLV": "avg(s.predicted_clv)",
+    "recency (days)": "median(f.recency_days)",
+    "orders": "avg(f.frequency)",
+    "revenue": "avg(f.monetary)",
+    "open rate 90d": "avg(f.email_open_rate_90d)",
+    "web sessions 30d": "avg(f.web_sessions_30d)",
+    "top RFM segment": "mode(s.rfm_segment)",
+}
+PERCENT_COLUMNS = ("share", "e-mailable", "open rate 90d")
+
+
+def _newest_publication(con, as_of: dt.date | None) -> dt.date | None:
+    if not table_exists(con, "published", "customer_segments"):
+        return None
+    if as_of is not None:
+        found = con.execute(
+            "SELECT count(*) FROM published.customer_segments WHERE as_of_date = ?", [as_of]
+        ).fetchone()[0]
+        return as_of if found else None
+    return con.execute("SELECT max(as_of_date) FROM published.customer_segments").fetchone()[0]
+
+
+def _report_data(settings: Settings, as_of: dt.date) -> dict:
+    """Every number the report and the summary show, for one published date."""
+    from ml.score import PROBABILITY_KINDS
+
+    with connect(settings, read_only=True) as con:
+        if _newest_publication(con, as_of) is None:
+            raise LookupError(f"nothing published for {as_of}: publish that date first")
+        columns = ", ".join(f'{sql} AS "{name}"' for name, sql in PROFILE_COLUMNS.items())
+        profiles = con.execute(
+            f"""SELECT s.segment, {columns}
+                FROM published.customer_segments s
+                LEFT JOIN marts.customer_features f
+                    ON f.as_of_date = s.as_of_date AND f.customer_id = s.customer_id
+                WHERE s.as_of_date = ? GROUP BY s.segment ORDER BY count(*) DESC, s.segment""",
+            [as_of],
+        ).df()
+        histograms = {}
+        for kind in PROBABILITY_KINDS:
+            counts = dict(
+                con.execute(
+                    f"""SELECT least(floor({kind} * {HISTOGRAM_BINS}), {HISTOGRAM_BINS - 1})::INTEGER,
+                               count(*)
+                        FROM published.customer_segments
+                        WHERE as_of_date = ? AND {kind} IS NOT NULL GROUP BY 1""",
+                    [as_of],
+                ).fetchall()
+            )
+            histograms[kind] = [counts.get(i, 0) for i in range(HISTOGRAM_BINS)]
+        clv = con.execute(
+            """SELECT quantile_cont(predicted_clv, [0.1, 0.25, 0.5, 0.75, 0.9, 0.99])
+               FROM published.customer_segments WHERE as_of_date = ?""",
+            [as_of],
+        ).fetchone()[0]
+        suppression = con.execute(
+            """SELECT coalesce(suppression_reason, 'e-mailable'), count(*)
+               FROM published.customer_segments WHERE as_of_date = ? GROUP BY 1 ORDER BY 2 DESC""",
+            [as_of],
+        ).fetchall()
+        audiences = con.execute(
+            """SELECT d.audience, d.description, d.holdout_share,
+                      count(m.customer_id) FILTER (WHERE NOT m.is_holdout),
+                      count(m.customer_id) FILTER (WHERE m.is_holdout)
+               FROM published.audience_definitions d
+               LEFT JOIN published.audience_members m
+                   ON m.as_of_date = d.as_of_date AND m.audience = d.audience
+               WHERE d.as_of_date = ? GROUP BY ALL ORDER BY d.audience""",
+            [as_of],
+        ).fetchall()
+        publication = con.execute(
+            """SELECT run_id, published_at, model_versions FROM published.publications
+               WHERE as_of_date = ? ORDER BY published_at DESC LIMIT 1""",
+            [as_of],
+        ).fetchone()
+    return {
+        "as_of": as_of,
+        "profiles": profiles,
+        "histograms": histograms,
+        "clv_quantiles": clv,
+        "suppression": suppression,
+        "audiences": audiences,
+        "run_id": publication[0],
+        "published_at": publication[1],
+        "model_versions": json.loads(publication[2]),
+    }
+
+
+def _cell(name: str, value) -> str:
+    if value is None or value != value:  # None or NaN
+        return "-"
+    if name in PERCENT_COLUMNS:
+        return f"{value:.1%}"
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return html.escape(str(value))
+
+
+def _bars(counts: list[int], labels: list[str]) -> str:
+    top = max(counts) or 1
+    rows = "".join(
+        f"<tr><td>{html.escape(label)}</td><td class='bar'><div style='width:{100 * n / top:.1f}%'>"
+        f"</div></td><td class='n'>{n:,}</td></tr>"
+        for label, n in zip(labels, counts, strict=True)
+    )
+    return f"<table class='bars'>{rows}</table>"
+
+
+def _render_html(data: dict) -> str:
+    profiles = data["profiles"]
+    total = int(profiles["customers"].sum())
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in profiles.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_cell(c, row[c])}</td>" for c in profiles.columns) + "</tr>"
+        for row in profiles.to_dict("records")
+    )
+    size_bars = _bars(profiles["customers"].astype(int).tolist(), profiles["segment"].tolist())
+    bins = [
+        f"{i / HISTOGRAM_BINS:.1f}-{(i + 1) / HISTOGRAM_BINS:.1f}" for i in range(HISTOGRAM_BINS)
+    ]
+    histograms = "".join(
+        f"<div class='hist'><h3>{kind.replace('_', ' ')}</h3>{_bars(counts, bins)}</div>"
+        for kind, counts in data["histograms"].items()
+    )
+    clv = " · ".join(
+        f"p{q}: {v:,.2f}"
+        for q, v in zip((10, 25, 50, 75, 90, 99), data["clv_quantiles"], strict=True)
+    )
+    reasons = _bars([n for _, n in data["suppression"]], [r for r, _ in data["suppression"]])
+    audience_rows = (
+        "".join(
+            f"<tr><td>{html.escape(name)}</td><td>{html.escape(description)}</td>"
+            f"<td>{share:.0%}</td><td>{treatment:,}</td><td>{holdout:,}</td></tr>"
+            for name, description, share, treatment, holdout in data["audiences"]
+        )
+        or "<tr><td colspan='5'>no audiences defined</td></tr>"
+    )
+    versions = ", ".join(f"{k} v{v}" for k, v in sorted(data["model_versions"].items()))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>segflow segments {data["as_of"]}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
+table {{ border-collapse: collapse; margin-bottom: 1.5rem; }}
+th, td {{ padding: .25rem .6rem; border-bottom: 1px solid #ddd; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+.bars td.bar {{ width: 22rem; }} .bars td.bar div {{ background: #4a7bd0; height: .9rem; }}
+.hist {{ display: inline-block; vertical-align: top; margin-right: 2rem; }}
+.meta {{ color: #666; }}
+</style></head><body>
+<h1>Customer segments as of {data["as_of"]}</h1>
+<p class="meta">{total:,} customers · run {html.escape(str(data["run_id"]))} · published
+{data["published_at"]:%Y-%m-%d %H:%M} UTC · models: {html.escape(versions)}</p>
+<h2>Segment sizes</h2>{size_bars}
+<h2>Segment profiles</h2>
+<p class="meta">Means per segment (recency: median). Churn risk covers active customers only.</p>
+<table><tr>{head}</tr>{body}</table>
+<h2>Score distributions</h2>{histograms}
+<p>Predicted customer value (revenue over the label horizon): {clv}</p>
+<h2>Reachability</h2>{reasons}
+<h2>Audiences</h2>
+<table><tr><th>audience</th><th>description</th><th>holdout share</th><th>treatment</th>
+<th>holdout</th></tr>{audience_rows}</table>
+</body></html>
+"""
+
+
+def _log_to_mlflow(settings: Settings, data: dict, path: Path) -> str:
+    """One run in the `segflow-publishing` experiment: the report and its headline numbers."""
+    import mlflow
+
+    from ml.registry import mlflow_client
+
+    client: mlflow.MlflowClient = mlflow_client(settings)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        # Like the `segflow` experiment: embedded artifacts live under the data folder.
+        location = None
+        if settings.mlflow_tracking_uri.startswith("sqlite:"):
+            location = (settings.mlflow_dir / "artifacts").resolve().as_uri()
+        experiment_id = client.create_experiment(EXPERIMENT, artifact_location=location)
+    profiles = data["profiles"]
+    total = int(profiles["customers"].sum())
+    run = client.create_run(
+        experiment_id,
+        run_name=f"segments {data['as_of']}",
+        tags={"as_of_date": data["as_of"].isoformat(), "segflow_run_id": str(data["run_id"])},
+    )
+    run_id = run.info.run_id
+    client.log_param(run_id, "as_of_date", data["as_of"].isoformat())
+    for kind, version in sorted(data["model_versions"].items()):
+        client.log_param(run_id, f"{kind}_model_version", version)
+    metrics = {"customers": total}
+    metrics |= {f"share.{row['segment']}": row["share"] for row in profiles.to_dict("records")}
+    emailable = sum(n for reason, n in data["suppression"] if reason == "e-mailable")
+    metrics["emailable_share"] = emailable / total
+    for name, _, _, treatment, holdout in data["audiences"]:
+        metrics[f"audience.{name}.treatment"] = treatment
+        metrics[f"audience.{name}.holdout"] = holdout
+    for name, value in metrics.items():
+        client.log_metric(run_id, name, float(value))
+    client.log_artifact(run_id, str(path), artifact_path="segment_report")
+    client.set_terminated(run_id)
+    return run_id
+
+
+def write_segment_report(settings: Settings, as_of: dt.date) -> Path:
+    """The HTML report of the publication of `as_of`, under the reports folder and in MLflow."""
+    data = _report_data(settings, as_of)
+    folder = settings.reports_dir / "segments"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{as_of.isoformat()}.html"
+    partial = path.with_suffix(".html.partial")
+    partial.write_text(_render_html(data), encoding="utf-8")
+    partial.replace(path)
+    mlflow_run = _log_to_mlflow(settings, data, path)
+    log.info("segment report for %s: %s (MLflow run %s)", as_of, path, mlflow_run)
+    return path
+
+
+def segments_summary(settings: Settings, as_of: dt.date | None = None) -> str:
+    """The published segments of `as_of` (default: the newest publication) as a table."""
+    with connect(settings, read_only=True) as con:
+        found = _newest_publication(con, as_of)
+    if found is None:
+        when = f"for {as_of}" if as_of else "yet"
+        return f"segments: nothing published {when} (segflow score, then segflow publish)"
+    data = _report_data(settings, found)
+    profiles = data["profiles"]
+    total = int(profiles["customers"].sum())
+    versions = ", ".join(f"{k} v{v}" for k, v in sorted(data["model_versions"].items()))
+    lines = [
+        f"segments as of {found}: {total:,} customers (run {data['run_id']}; {versions})",
+        f"  {'segment':<22}{'customers':>10}{'share':>7}{'e-mail':>8}{'buy':>6}{'churn':>7}"
+        f"{'engage':>8}{'CLV':>9}",
+    ]
+    for row in profiles.to_dict("records"):
+        churn = row["churn risk"]
+        lines.append(
+            f"  {row['segment']:<22}{row['customers']:>10,}{row['share']:>7.1%}"
+            f"{row['e-mailable']:>8.0%}{row['purchase propensity']:>6.2f}"
+            f"{'-' if churn != churn or churn is None else f'{churn:.2f}':>7}"
+            f"{row['engagement']:>8.2f}{row['predicted CLV']:>9,.0f}"
+        )
+    if data["audiences"]:
+        lines.append(f"  {'audience':<22}{'treatment':>10}{'holdout':>9}{'share':>7}")
+        for name, _, share, treatment, holdout in data["audiences"]:
+            lines.append(f"  {name:<22}{treatment:>10,}{holdout:>9,}{share:>7.0%}")
+    return "\n".join(lines)
