@@ -11,10 +11,16 @@ import sys
 import time
 from pathlib import Path
 
+from ml.audiences import AudienceError
 from ml.config import ConfigError, load_settings
 from ml.features import FeatureBuildError
 from ml.ingest import ContractViolation
+from ml.publish import PublishError
 from ml.quality import QualityGateFailed
+from ml.readout import ReadoutError
+from ml.registry import NoChampion
+from ml.score import ScoringError
+from ml.training_sets import TrainingSetError
 
 
 def _date(text: str) -> dt.date:
@@ -144,11 +150,15 @@ def cmd_status(_: argparse.Namespace) -> None:
     from ml.features import features_summary
     from ml.ingest import raw_summary
     from ml.quality import quality_summary
+    from ml.segment_report import segments_summary
+    from ml.train import training_summary
 
     settings = load_settings()
     print(raw_summary(settings))
     print(quality_summary(settings))
     print(features_summary(settings))
+    print(training_summary(settings))
+    print(segments_summary(settings))
 
 
 SHOWN_SETTINGS = (
@@ -258,6 +268,12 @@ EXPLAINED_ERRORS: dict[type[Exception], tuple[str, int]] = {
     ContractViolation: ("landing data breaks the contract: ", 1),
     FeatureBuildError: ("dbt failed:\n", 1),
     QualityGateFailed: ("", 1),
+    AudienceError: ("audience definitions: ", 2),
+    TrainingSetError: ("cannot build the training set: ", 1),
+    NoChampion: ("", 1),
+    ScoringError: ("scoring: ", 1),
+    PublishError: ("publishing: ", 1),
+    ReadoutError: ("readout: ", 1),
 }
 
 

@@ -21,6 +21,8 @@ from ml.features import DBT_PROJECT_DIR, run_dbt  # noqa: E402
 from ml.synthetic import generate  # noqa: E402
 
 SAMPLE_END = dt.date(2026, 6, 30)
+TRAINED_AS_OF = dt.date(2026, 6, 30)
+"""The date `trained_settings` trained its models as of, and has customer_features for."""
 
 
 @pytest.fixture
@@ -52,3 +54,30 @@ def dbt_manifest() -> Path:
     if not manifest.exists():
         run_dbt(load_settings(), "parse", "--quiet")
     return manifest
+
+
+@pytest.fixture(scope="session")
+def trained_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """1,000 generated customers over 240 days up to TRAINED_AS_OF, ingested, features built for
+    TRAINED_AS_OF, and every model kind trained (two training snapshots) and promoted to
+    champion in a temporary MLflow store. Built once per session: tests that change the
+    warehouse or the registry work on a copy."""
+    from ml.features import build_features
+    from ml.ingest import ingest_landing
+    from ml.train import train_all
+
+    root = tmp_path_factory.mktemp("trained")
+    generate(
+        root / "landing", customers=1000, days=240, end_date=TRAINED_AS_OF, seed=11, progress=False
+    )
+    settings = load_settings(
+        {
+            "SEGFLOW_DATA_DIR": str(root / "data"),
+            "SEGFLOW_LANDING_DIR": str(root / "landing"),
+            "SEGFLOW_TRAINING_SNAPSHOTS": "2",
+        }
+    )
+    ingest_landing(settings, as_of=TRAINED_AS_OF)
+    build_features(settings, TRAINED_AS_OF)
+    train_all(settings, TRAINED_AS_OF)
+    return settings

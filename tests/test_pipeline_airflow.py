@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,8 @@ import duckdb
 import pandas as pd
 import pytest
 
+from ml.config import load_settings
+from ml.synthetic import generate
 from tests.conftest import SAMPLE_END
 
 pytestmark = pytest.mark.slow
@@ -22,11 +23,13 @@ DAGS = Path(__file__).resolve().parents[1] / "dags"
 
 
 @pytest.fixture(scope="module")
-def airflow_env(
-    tmp_path_factory: pytest.TempPathFactory, generated_landing: Path
-) -> dict[str, str]:
+def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """1,000 customers over 240 days (enough history for two monthly training snapshots and a
+    validation snapshot), and a small hyper-parameter search for a quick cold start."""
     root = tmp_path_factory.mktemp("airflow-e2e")
-    shutil.copytree(generated_landing, root / "landing")
+    generate(
+        root / "landing", customers=1000, days=120, end_date=SAMPLE_END, seed=5, progress=False
+    )
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(root / "airflow"),
@@ -34,6 +37,8 @@ def airflow_env(
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "SEGFLOW_DATA_DIR": str(root / "data"),
         "SEGFLOW_LANDING_DIR": str(root / "landing"),
+        "SEGFLOW_TRAINING_SNAPSHOTS": "2",
+        "SEGFLOW_TUNING_ITERATIONS": "2",
     }
     for command in (["db", "migrate"], ["pools", "set", "warehouse", "1", "warehouse writers"]):
         subprocess.run([AIRFLOW, *command], env=env, check=True, capture_output=True, timeout=300)
@@ -41,9 +46,12 @@ def airflow_env(
 
 
 def run_dag(
-    env: dict[str, str], logical_date: dt.date, conf: dict | None = None
+    env: dict[str, str],
+    logical_date: dt.date,
+    conf: dict | None = None,
+    dag_id: str = "segment_pipeline",
 ) -> subprocess.CompletedProcess:
-    command = [AIRFLOW, "dags", "test", "segment_pipeline", logical_date.isoformat()]
+    command = [AIRFLOW, "dags", "test", dag_id, logical_date.isoformat()]
     if conf is not None:
         command += ["-c", json.dumps(conf)]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -78,6 +86,18 @@ def features_per_date(env: dict[str, str]) -> dict[dt.date, int]:
     return dict(rows)
 
 
+def publication(env: dict[str, str]) -> tuple[list[tuple], dict[str, bytes]]:
+    """Every published row, and every export file's bytes: what an e-mail tool can see."""
+    data = Path(env["SEGFLOW_DATA_DIR"])
+    with duckdb.connect(str(data / "warehouse.duckdb"), read_only=True) as con:
+        rows = con.execute(
+            "SELECT * FROM published.customer_segments ORDER BY as_of_date, customer_id"
+        ).fetchall()
+    exports = data / "exports"
+    files = {str(f.relative_to(exports)): f.read_bytes() for f in exports.rglob("*") if f.is_file()}
+    return rows, files
+
+
 def features_fingerprint(env: dict[str, str]) -> tuple:
     path = Path(env["SEGFLOW_DATA_DIR"]) / "warehouse.duckdb"
     with duckdb.connect(str(path), read_only=True) as con:
@@ -86,25 +106,29 @@ def features_fingerprint(env: dict[str, str]) -> tuple:
         ).fetchone()
 
 
-def test_daily_runs_build_their_features_and_a_corrupt_day_stops_at_the_raw_gate(
+def test_daily_runs_publish_and_a_corrupt_day_stops_at_the_raw_gate(
     airflow_env: dict[str, str],
 ):
-    landing = Path(airflow_env["SEGFLOW_LANDING_DIR"])
-    earlier, previous = SAMPLE_END - dt.timedelta(days=10), SAMPLE_END - dt.timedelta(days=1)
+    from ml.registry import MODEL_KINDS, missing_champions
 
-    for day in (earlier, previous):
-        result = run_dag(airflow_env, day)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        assert raw_counts(airflow_env) == expected_counts(landing, day)
-    # Cosmos built the marts for each run's own date, through dbt.
+    landing = Path(airflow_env["SEGFLOW_LANDING_DIR"])
+    settings = load_settings(airflow_env)
+    previous = SAMPLE_END - dt.timedelta(days=1)
+
+    # The first run has no champion: it trains every model first (cold start), then publishes.
+    assert missing_champions(settings) == list(MODEL_KINDS)
+    result = run_dag(airflow_env, previous)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert raw_counts(airflow_env) == expected_counts(landing, previous)
+    assert missing_champions(settings) == []
+    # Cosmos built the marts for the run's own date through dbt (training built its snapshots).
     features = features_per_date(airflow_env)
-    assert set(features) == {earlier, previous}
-    assert (
-        0
-        < features[earlier]
-        <= features[previous]
-        == expected_counts(landing, previous)["customers"]
-    )
+    assert features[previous] == expected_counts(landing, previous)["customers"]
+    rows, files = publication(airflow_env)
+    assert pd.DataFrame(rows).groupby(1).size().to_dict() == {previous: features[previous]}
+    manifest = json.loads(files[f"{previous}/manifest.json"])
+    assert set(manifest["model_versions"]) == set(MODEL_KINDS)
+    assert {f"{previous}/{name}.csv" for name in manifest["audiences"]} <= set(files)
 
     # The last day's export has negative amounts in 40% of its orders.
     path = landing / "orders" / f"date={SAMPLE_END}" / "part-0.parquet"
@@ -119,8 +143,29 @@ def test_daily_runs_build_their_features_and_a_corrupt_day_stops_at_the_raw_gate
     assert failed.returncode != 0
     assert "quarantine above SEGFLOW_QUARANTINE_MAX_SHARE=5.0% for orders" in output
     assert "amount: must be >= 0" in output
-    # Nothing downstream of the gate ran: the features are exactly as before.
+    # Nothing downstream of the gate ran: the features are as before, and the previous days'
+    # publication (rows and export files) is unchanged byte for byte.
     assert features_fingerprint(airflow_env) == before
+    assert publication(airflow_env) == (rows, files)
+
+
+def test_train_models_registers_challengers_and_tags_their_gate(airflow_env: dict[str, str]):
+    from ml.registry import MODEL_KINDS, mlflow_client, registered_name
+
+    result = run_dag(airflow_env, SAMPLE_END - dt.timedelta(days=1), dag_id="train_models")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client = mlflow_client(load_settings(airflow_env))
+    for kind in MODEL_KINDS:
+        name = registered_name(kind)
+        challenger = client.get_model_version_by_alias(name, "challenger")
+        assert int(challenger.version) >= 2, kind  # the cold start registered version 1
+        assert challenger.tags["validation_status"] in {"passed", "failed"}, kind
+        assert challenger.tags["validation_reason"], kind
+        champion = client.get_model_version_by_alias(name, "champion")
+        # Auto-promotion is on: a passing challenger is the champion, a failing one is not.
+        assert (champion.version == challenger.version) == (
+            challenger.tags["validation_status"] == "passed"
+        ), kind
 
 
 def test_a_run_with_an_as_of_param_that_is_not_a_date_is_refused(airflow_env: dict[str, str]):
