@@ -152,15 +152,11 @@ def segment_pipeline():
     @task(pool=WAREHOUSE_POOL, outlets=REGISTERED_MODELS)
     def ensure_champions(params=None, data_interval_start=None, logical_date=None) -> list[str]:
         """Cold start: train the models when any has no champion yet. Returns what was missing."""
-        from ml.registry import missing_champions
-        from ml.train import train_all
+        from ml.train import ensure_champions
 
-        settings = load_settings()
-        missing = missing_champions(settings)
-        if missing:
-            as_of = resolve_as_of(params, data_interval_start, logical_date)
-            train_all(settings, as_of)
-        return missing
+        return ensure_champions(
+            load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
+        )
 
     @task(pool=WAREHOUSE_POOL)
     def score(params=None, data_interval_start=None, logical_date=None) -> int:

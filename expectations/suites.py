@@ -41,6 +41,28 @@ def _meta(severity: str, why: str) -> dict:
     return {"severity": severity, "why": why}
 
 
+def _mean_guard(
+    column: str, previous_means: Mapping[str, float], thresholds: QualityThresholds, runs: str
+) -> list:
+    """A warning when the column's mean leaves the band around its mean over the previous
+    `runs`; nothing on a first run."""
+    previous = previous_means.get(column)
+    if previous is None:
+        return []
+    band = abs(previous) * thresholds.feature_mean_band
+    return [
+        gxe.ExpectColumnMeanToBeBetween(
+            column=column,
+            min_value=previous - band,
+            max_value=previous + band,
+            meta=_meta(
+                WARN,
+                f"mean within {thresholds.feature_mean_band:.0%} of the previous {runs}' {previous:.4g}",
+            ),
+        )
+    ]
+
+
 def raw_suite(
     entity_name: str, loaded_before: dt.datetime, as_of: dt.date, thresholds: QualityThresholds
 ) -> gx.ExpectationSuite:
@@ -170,20 +192,7 @@ def features_suite(
                 meta=_meta(WARN, f"at most {thresholds.feature_max_null_share:.0%} nulls"),
             )
         )
-        previous = previous_means.get(column)
-        if previous is not None:
-            band = abs(previous) * thresholds.feature_mean_band
-            checks.append(
-                gxe.ExpectColumnMeanToBeBetween(
-                    column=column,
-                    min_value=previous - band,
-                    max_value=previous + band,
-                    meta=_meta(
-                        WARN,
-                        f"mean within {thresholds.feature_mean_band:.0%} of the previous runs' {previous:.4g}",
-                    ),
-                )
-            )
+        checks += _mean_guard(column, previous_means, thresholds, "runs")
     return gx.ExpectationSuite(name="customer_features", expectations=checks)
 
 
@@ -320,18 +329,5 @@ def segments_suite(
             )
         )
     for column in GUARDED_SCORES:
-        previous = previous_means.get(column)
-        if previous is not None:
-            band = abs(previous) * thresholds.feature_mean_band
-            checks.append(
-                gxe.ExpectColumnMeanToBeBetween(
-                    column=column,
-                    min_value=previous - band,
-                    max_value=previous + band,
-                    meta=_meta(
-                        WARN,
-                        f"mean within {thresholds.feature_mean_band:.0%} of the previous publications' {previous:.4g}",
-                    ),
-                )
-            )
+        checks += _mean_guard(column, previous_means, thresholds, "publications")
     return gx.ExpectationSuite(name="customer_segments", expectations=checks)

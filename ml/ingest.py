@@ -155,7 +155,7 @@ def discover_landing_files(landing_dir: Path) -> dict[str, list[LandingFile]]:
     return found
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -572,7 +572,7 @@ def ingest_landing(
                 if known and (known[1], known[2]) == (stat.st_size, stat.st_mtime_ns):
                     entity_report.files_unchanged += 1
                     continue
-                sha = _sha256(file.path)
+                sha = file_sha256(file.path)
                 if known and known[0] == sha:
                     entity_report.files_unchanged += 1
                     continue

@@ -24,7 +24,6 @@ exports beside the old table rows; running the publish again for the date makes 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import shutil
@@ -34,6 +33,7 @@ from pathlib import Path
 import duckdb
 
 from ml.config import Settings
+from ml.ingest import file_sha256
 from ml.score import DATED_TABLES, PROBABILITY_KINDS, ensure_segment_tables
 from ml.warehouse import connect, table_exists
 
@@ -107,14 +107,6 @@ def _staged_summary(settings: Settings, as_of: dt.date) -> tuple[int, int, dict[
     return rows, emailable, model_versions
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_exports(
     con: duckdb.DuckDBPyConnection,
     as_of: dt.date,
@@ -156,7 +148,7 @@ def _write_exports(
             "treatment": treatment,
             "holdout": holdout,
             "holdout_share": holdout_share,
-            "sha256": _sha256(path),
+            "sha256": file_sha256(path),
         }
     manifest = {**manifest, "audiences": audiences}
     manifest_path = folder / "manifest.json"

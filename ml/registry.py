@@ -90,17 +90,18 @@ def mlflow_client(settings: Settings) -> MlflowClient:
     return mlflow.MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
 
 
-def experiment_id(settings: Settings) -> str:
-    """The `segflow` experiment, created on first use. In the embedded store its artifacts live
-    under the data folder (`make up` serves the same folder), never in the working directory."""
+def experiment_id(settings: Settings, name: str = EXPERIMENT_NAME) -> str:
+    """The experiment `name` (default `segflow`), created on first use. In the embedded store
+    its artifacts live under the data folder (`make up` serves the same folder), never in the
+    working directory."""
     client = mlflow_client(settings)
-    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     location = None
     if settings.mlflow_tracking_uri.startswith("sqlite:"):
         location = (settings.mlflow_dir / "artifacts").resolve().as_uri()
-    return client.create_experiment(EXPERIMENT_NAME, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location)
 
 
 def _store_is_empty(settings: Settings) -> bool:

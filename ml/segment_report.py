@@ -202,22 +202,13 @@ def _log_to_mlflow(settings: Settings, data: dict, path: Path) -> str:
     """One run in the `segflow-publishing` experiment: the report and its headline numbers."""
     import mlflow
 
-    from ml.registry import mlflow_client
+    from ml.registry import experiment_id, mlflow_client
 
     client: mlflow.MlflowClient = mlflow_client(settings)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is not None:
-        experiment_id = experiment.experiment_id
-    else:
-        # Like the `segflow` experiment: embedded artifacts live under the data folder.
-        location = None
-        if settings.mlflow_tracking_uri.startswith("sqlite:"):
-            location = (settings.mlflow_dir / "artifacts").resolve().as_uri()
-        experiment_id = client.create_experiment(EXPERIMENT, artifact_location=location)
     profiles = data["profiles"]
     total = int(profiles["customers"].sum())
     run = client.create_run(
-        experiment_id,
+        experiment_id(settings, EXPERIMENT),
         run_name=f"segments {data['as_of']}",
         tags={"as_of_date": data["as_of"].isoformat(), "segflow_run_id": str(data["run_id"])},
     )

@@ -624,6 +624,30 @@ def train_all(settings: Settings, as_of: dt.date) -> dict:
     return {"as_of": as_of.isoformat(), "training_set": str(directory), "models": models}
 
 
+def ensure_champions(settings: Settings, as_of: dt.date) -> list[str]:
+    """Cold start: when a model kind has no champion, train every model as of `as_of` first.
+    Returns the kinds that were missing. A kind whose first model does not beat its baseline
+    still has no champion: that stops the run here, with the gate's reason, rather than
+    publishing scores no better than a rule of thumb."""
+    missing = registry.missing_champions(settings)
+    if not missing:
+        return []
+    log.info("no champion yet for %s: training every model as of %s", ", ".join(missing), as_of)
+    result = train_all(settings, as_of)
+    still_missing = registry.missing_champions(settings)
+    if still_missing:
+        reasons = "; ".join(
+            f"{registry.registered_name(kind)}: {result['models'][kind]['promotion']['reason']}"
+            for kind in still_missing
+        )
+        raise registry.NoChampion(
+            f"cold start as of {as_of}: no champion after training ({reasons}). Nothing is "
+            "published until a model beats its baseline: more history (a later as-of date) or "
+            "a person promoting a version in the MLflow UI"
+        )
+    return missing
+
+
 def training_summary(settings: Settings) -> str:
     """The champion of each model kind with its version, window and key metrics."""
     lines = ["models (champion by alias):"]

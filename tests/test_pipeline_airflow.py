@@ -24,11 +24,11 @@ DAGS = Path(__file__).resolve().parents[1] / "dags"
 
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """1,000 customers over 240 days (enough history for two monthly training snapshots and a
+    """4,000 customers over 240 days (enough history for two monthly training snapshots and a
     validation snapshot), and a small hyper-parameter search for a quick cold start."""
     root = tmp_path_factory.mktemp("airflow-e2e")
     generate(
-        root / "landing", customers=1000, days=120, end_date=SAMPLE_END, seed=5, progress=False
+        root / "landing", customers=4000, days=240, end_date=SAMPLE_END, seed=5, progress=False
     )
     env = {
         **os.environ,

@@ -142,7 +142,7 @@ def test_exports_hold_only_emailable_treatment_members(staged: Settings):
         entry = manifest["audiences"][spec.name]
         assert entry["rows"] == entry["treatment"] == len(export)
         assert entry["holdout"] == int(chosen.is_holdout.sum())
-        assert entry["sha256"] == ml.publish._sha256(path)
+        assert entry["sha256"] == ml.publish.file_sha256(path)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     # The broad audience: every e-mailable customer, minus a holdout near its share.
     everyone = members[members.audience == "everyone"]
@@ -221,7 +221,7 @@ def test_a_failure_between_staging_and_swap_leaves_the_previous_publication(
             lambda *_: (_ for _ in ()).throw(ml.quality.QualityGateFailed("injected gate failure")),
         )
     elif step == "exports":
-        monkeypatch.setattr(ml.publish, "_sha256", _raise)
+        monkeypatch.setattr(ml.publish, "file_sha256", _raise)
     elif step == "tables":
         monkeypatch.setattr(
             ml.publish, "_replace_published_rows", _after(ml.publish._replace_published_rows)
