@@ -225,3 +225,32 @@ def test_personas_retrained_on_the_same_data_keep_their_names(trained_settings: 
     after = [again.names[label] for label in again.model.predict(frame[champion.features])]
     assert before == after
     assert len(set(champion.persona_names.values())) == len(champion.persona_names)
+
+
+def test_a_cold_start_trains_only_when_a_champion_is_missing(settings: Settings, monkeypatch):
+    import ml.train
+
+    trained = []
+    monkeypatch.setattr(ml.train.registry, "missing_champions", lambda _: [])
+    monkeypatch.setattr(ml.train, "train_all", lambda _, as_of: trained.append(as_of))
+    assert ml.train.ensure_champions(settings, TRAINED_AS_OF) == []
+    assert trained == []
+
+
+def test_a_cold_start_whose_model_misses_its_baseline_stops_with_the_reason(
+    settings: Settings, monkeypatch
+):
+    import ml.train
+
+    reason = "roc_auc 0.5000 does not beat the baseline (0.6471)"
+    trained = []
+
+    def train_all(_, as_of):
+        trained.append(as_of)
+        return {"models": {"churn_risk": {"promotion": {"reason": reason}}}}
+
+    monkeypatch.setattr(ml.train.registry, "missing_champions", lambda _: ["churn_risk"])
+    monkeypatch.setattr(ml.train, "train_all", train_all)
+    with pytest.raises(registry.NoChampion, match=re.escape(f"segflow_churn_risk: {reason}")):
+        ml.train.ensure_champions(settings, TRAINED_AS_OF)
+    assert trained == [TRAINED_AS_OF]
