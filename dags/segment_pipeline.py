@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import CronDataIntervalTimetable, dag, task
 from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import InvocationMode, LoadMode, TestBehavior
 
@@ -47,6 +47,7 @@ from ml.orchestration import (
     REGISTERED_MODELS,
     REVIEW_SENTIMENT,
     WAREHOUSE_POOL,
+    as_of_param,
     resolve_as_of,
 )
 
@@ -63,14 +64,7 @@ SETTINGS = load_settings()
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     tags=["segflow", "daily"],
-    params={
-        "as_of_date": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            description="Date to compute (YYYY-MM-DD); empty means the day of the logical date.",
-        )
-    },
+    params={"as_of_date": as_of_param("Date to compute")},
     doc_md=__doc__,
 )
 def segment_pipeline():

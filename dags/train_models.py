@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
 from ml.config import load_settings
 from ml.orchestration import (
@@ -34,6 +34,7 @@ from ml.orchestration import (
     REGISTERED_MODELS,
     TRAINING_SET,
     WAREHOUSE_POOL,
+    as_of_param,
     resolve_as_of,
 )
 
@@ -48,14 +49,7 @@ from ml.orchestration import (
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     tags=["segflow", "training"],
-    params={
-        "as_of_date": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            description="Train as of this date (YYYY-MM-DD); empty means the day of the logical date.",
-        )
-    },
+    params={"as_of_date": as_of_param("Train as of this date")},
     doc_md=__doc__,
 )
 def train_models():

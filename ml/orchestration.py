@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, Param
 
 from ml.contract import ENTITIES
 
@@ -56,6 +56,17 @@ PUBLISHED_SEGMENTS = _table("published", "customer_segments")
 AUDIENCE_EXPORTS = Asset(name="audience_exports", uri="file://segflow/exports")
 DRIFT_ALERT = Asset(name="drift_alert", uri="segflow://monitoring/drift_alert")
 """Emitted by the drift monitor; schedules train_models."""
+
+
+def as_of_param(what: str) -> Param:
+    """The `as_of_date` param every DAG takes: a date Airflow validates before the run starts
+    (a run with `30.06.2026` is refused with a message naming the param)."""
+    return Param(
+        None,
+        type=["null", "string"],
+        format="date",
+        description=f"{what} (YYYY-MM-DD); empty means the day of the logical date.",
+    )
 
 
 class AsOfDateError(ValueError):
