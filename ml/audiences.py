@@ -23,6 +23,7 @@ A filter on `churn_risk` or its band matches active customers only (others have 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import re
@@ -263,3 +264,20 @@ def build_members(
                 FROM {segments} WHERE is_emailable AND {where}""",
             [audience.name, audience.name, audience.holdout_share, *params],
         )
+
+
+def audience_counts(
+    con: duckdb.DuckDBPyConnection, schema: str, as_of: dt.date
+) -> list[tuple[str, str, float, int, int]]:
+    """Per audience of the date in `schema` (staging or published): name, description, holdout
+    share, treatment and holdout members; an audience with no members counts zero."""
+    return con.execute(
+        f"""SELECT d.audience, d.description, d.holdout_share,
+                   count(m.customer_id) FILTER (WHERE NOT m.is_holdout),
+                   count(m.customer_id) FILTER (WHERE m.is_holdout)
+            FROM {schema}.audience_definitions d
+            LEFT JOIN {schema}.audience_members m
+                ON m.as_of_date = d.as_of_date AND m.audience = d.audience
+            WHERE d.as_of_date = ? GROUP BY ALL ORDER BY d.audience""",
+        [as_of],
+    ).fetchall()

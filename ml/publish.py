@@ -32,6 +32,7 @@ from pathlib import Path
 
 import duckdb
 
+from ml.audiences import audience_counts
 from ml.config import Settings
 from ml.ingest import file_sha256
 from ml.score import DATED_TABLES, PROBABILITY_KINDS, ensure_segment_tables
@@ -116,18 +117,8 @@ def _write_exports(
     """One CSV per staged audience (treatment members) and manifest.json into `folder`."""
     folder.mkdir(mode=0o700)
     audiences = {}
-    counts = con.execute(
-        """SELECT d.audience, d.holdout_share,
-                  count(m.customer_id) FILTER (WHERE NOT m.is_holdout),
-                  count(m.customer_id) FILTER (WHERE m.is_holdout)
-           FROM staging.audience_definitions d
-           LEFT JOIN staging.audience_members m
-               ON m.as_of_date = d.as_of_date AND m.audience = d.audience
-           WHERE d.as_of_date = ? GROUP BY ALL ORDER BY d.audience""",
-        [as_of],
-    ).fetchall()
     select = ", ".join(f"{expression} AS {name}" for name, expression in EXPORT_COLUMNS.items())
-    for audience, holdout_share, treatment, holdout in counts:
+    for audience, _, holdout_share, treatment, holdout in audience_counts(con, "staging", as_of):
         path = folder / f"{audience}.csv"
         con.execute(
             f"""COPY (

@@ -14,7 +14,6 @@ own MLmodel file is checked against it, so a tampered artifact cannot widen what
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +82,6 @@ def mlflow_client(settings: Settings) -> MlflowClient:
     API in this process."""
     import mlflow
 
-    # Download progress bars would only clutter task logs.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
     return mlflow.MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)

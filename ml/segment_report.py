@@ -15,6 +15,7 @@ import json
 import logging
 from pathlib import Path
 
+from ml.audiences import audience_counts
 from ml.config import Settings
 from ml.warehouse import connect, table_exists
 
@@ -89,16 +90,7 @@ def _report_data(settings: Settings, as_of: dt.date) -> dict:
                FROM published.customer_segments WHERE as_of_date = ? GROUP BY 1 ORDER BY 2 DESC""",
             [as_of],
         ).fetchall()
-        audiences = con.execute(
-            """SELECT d.audience, d.description, d.holdout_share,
-                      count(m.customer_id) FILTER (WHERE NOT m.is_holdout),
-                      count(m.customer_id) FILTER (WHERE m.is_holdout)
-               FROM published.audience_definitions d
-               LEFT JOIN published.audience_members m
-                   ON m.as_of_date = d.as_of_date AND m.audience = d.audience
-               WHERE d.as_of_date = ? GROUP BY ALL ORDER BY d.audience""",
-            [as_of],
-        ).fetchall()
+        audiences = audience_counts(con, "published", as_of)
         publication = con.execute(
             """SELECT run_id, published_at, model_versions FROM published.publications
                WHERE as_of_date = ? ORDER BY published_at DESC LIMIT 1""",
