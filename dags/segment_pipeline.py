@@ -10,9 +10,10 @@ The daily run of segflow for one as-of date (the day of the run's logical date, 
    rows; an `error` expectation that fails stops the run (results in
    `quality.validation_results`, Data Docs under the reports folder).
 3. **score_review_texts**: the review text signal for reviews not scored yet.
-4. **features**: the dbt project through Cosmos, one task per model running the model and its
-   tests (`dbt build`): staging, intermediate, then the marts `customer_features` (for the
-   date) and `training_labels` (for the date minus the label horizon).
+4. **features**: the dbt project through Cosmos, one task per model. Staging and intermediate
+   models are ephemeral (inlined into the marts, shown as empty tasks); the marts
+   `customer_features` (for the date) and `training_labels` (for the date minus the label
+   horizon) run, then `dbt_project_test` runs every data and unit test of the project.
 5. **features_gate**: the `customer_features` suite for the date.
 6. **ensure_champions**: cold start. When a model has no `champion` yet, the models are trained
    first (the same code as the `train_models` DAG), instead of failing.
@@ -25,8 +26,8 @@ The daily run of segflow for one as-of date (the day of the run's logical date, 
    into place. A failure leaves the last good publication as it was.
 10. **segment_report**: an HTML report of the publication, also logged to MLflow.
 
-Every task that writes the warehouse runs in the `warehouse` pool (one slot): DuckDB allows one
-writing process. Re-running a date gives the same tables and byte-identical exports.
+Every task that opens the warehouse runs in the `warehouse` pool (one slot), shared with
+train_models: DuckDB allows one writing process, and no reader beside it. Re-running a date gives the same tables and byte-identical exports.
 """
 
 from __future__ import annotations
@@ -42,10 +43,14 @@ from ml.features import DBT_EXECUTABLE, DBT_PROJECT_DIR, dbt_environment
 from ml.orchestration import (
     AUDIENCE_EXPORTS,
     DEFAULT_ARGS,
+    FEATURE_MARTS,
     PUBLISHED_SEGMENTS,
     RAW_TABLES,
     REGISTERED_MODELS,
     REVIEW_SENTIMENT,
+    SEGMENT_REPORT,
+    STAGED_SEGMENTS,
+    VALIDATION_RESULTS,
     WAREHOUSE_POOL,
     as_of_param,
     resolve_as_of,
@@ -79,7 +84,7 @@ def segment_pipeline():
         )
         return report.loaded_at.isoformat()
 
-    @task(pool=WAREHOUSE_POOL, retries=0)
+    @task(pool=WAREHOUSE_POOL, retries=0, outlets=[VALIDATION_RESULTS])
     def raw_gate(loaded_at: str, params=None, data_interval_start=None, logical_date=None) -> None:
         """Quarantine share and the raw suites on this run's rows: a failure stops the run.
         No retries: the same data fails the same way."""
@@ -91,7 +96,8 @@ def segment_pipeline():
             loaded_at=dt.datetime.fromisoformat(loaded_at),
         )
 
-    @task(pool=WAREHOUSE_POOL, retries=0)
+    # The marts' assets are updated here: dbt built them, this gate passed them.
+    @task(pool=WAREHOUSE_POOL, retries=0, outlets=[VALIDATION_RESULTS, *FEATURE_MARTS])
     def features_gate(params=None, data_interval_start=None, logical_date=None) -> None:
         """The customer_features suite for the date: a failure stops the run."""
         from ml.quality import run_features_gate
@@ -129,7 +135,10 @@ def segment_pipeline():
         render_config=RenderConfig(
             # The manifest is made by `make setup` (dbt parse): no dbt call when the DAG is parsed.
             load_method=LoadMode.DBT_MANIFEST,
-            test_behavior=TestBehavior.BUILD,
+            # Staging and intermediate models are ephemeral (inlined into the marts), so Cosmos
+            # shows them as empty tasks; the two marts run, then one task runs every data and
+            # unit test of the project for the date. Three dbt processes instead of thirteen.
+            test_behavior=TestBehavior.AFTER_ALL,
         ),
         operator_args={
             "pool": WAREHOUSE_POOL,
@@ -152,7 +161,7 @@ def segment_pipeline():
             load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
         )
 
-    @task(pool=WAREHOUSE_POOL)
+    @task(pool=WAREHOUSE_POOL, inlets=[*FEATURE_MARTS, *REGISTERED_MODELS], outlets=STAGED_SEGMENTS)
     def score(params=None, data_interval_start=None, logical_date=None) -> int:
         """Score the date's customers with the champions into staging.customer_segments."""
         from ml.score import score_customers
@@ -161,7 +170,7 @@ def segment_pipeline():
             load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
         )
 
-    @task(pool=WAREHOUSE_POOL, retries=0)
+    @task(pool=WAREHOUSE_POOL, retries=0, outlets=[VALIDATION_RESULTS])
     def segments_gate(params=None, data_interval_start=None, logical_date=None) -> None:
         """The customer_segments suite on the staged rows: a failure stops the publish."""
         from ml.quality import run_segments_gate
@@ -170,7 +179,7 @@ def segment_pipeline():
             load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
         )
 
-    @task(pool=WAREHOUSE_POOL, outlets=[PUBLISHED_SEGMENTS, AUDIENCE_EXPORTS])
+    @task(pool=WAREHOUSE_POOL, outlets=[*PUBLISHED_SEGMENTS, AUDIENCE_EXPORTS])
     def publish(params=None, data_interval_start=None, logical_date=None, run_id=None) -> dict:
         """Swap the gated rows into published.customer_segments and move the exports in place."""
         from ml.publish import publish_segments
@@ -182,7 +191,8 @@ def segment_pipeline():
             gate_passed=True,  # segments_gate ran on these rows just before
         )
 
-    @task
+    # It only reads the warehouse, but DuckDB lets no other process read while one writes.
+    @task(pool=WAREHOUSE_POOL, outlets=[SEGMENT_REPORT])
     def segment_report(params=None, data_interval_start=None, logical_date=None) -> str:
         """The run's segment report (HTML under the reports folder, and in MLflow)."""
         from ml.segment_report import write_segment_report

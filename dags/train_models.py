@@ -9,7 +9,7 @@ logical date, or the `as_of_date` param):
    `training_labels` (monthly, stacked), plus an out-of-time validation snapshot after them;
    missing snapshots are built with dbt. Written to Parquet, so training never holds the
    warehouse.
-2. **train_model** (one mapped task per model): hyper-parameter search under time-aware
+2. **train_model** (one mapped task per model, all of them or those the `models` param names): hyper-parameter search under time-aware
    cross-validation, calibration, evaluation on the validation snapshot against a baseline
    that needs no learning, an MLflow run with charts and a model card, and a new registered
    version with the alias `challenger`.
@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
 from ml.config import load_settings
 from ml.orchestration import (
     DEFAULT_ARGS,
     DRIFT_ALERT,
+    FEATURE_MARTS,
     MODEL_KINDS,
     REGISTERED_MODELS,
     TRAINING_SET,
@@ -49,11 +50,22 @@ from ml.orchestration import (
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     tags=["segflow", "training"],
-    params={"as_of_date": as_of_param("Train as of this date")},
+    params={
+        "as_of_date": as_of_param("Train as of this date"),
+        # Validated before the run starts: an unknown model is refused with the allowed names.
+        "models": Param(
+            list(MODEL_KINDS),
+            type="array",
+            items={"type": "string", "enum": list(MODEL_KINDS)},
+            minItems=1,
+            uniqueItems=True,
+            description="The models to train and promote (all by default).",
+        ),
+    },
     doc_md=__doc__,
 )
 def train_models():
-    @task(pool=WAREHOUSE_POOL, outlets=[TRAINING_SET])
+    @task(pool=WAREHOUSE_POOL, inlets=FEATURE_MARTS, outlets=[TRAINING_SET])
     def build_training_set(params=None, data_interval_start=None, logical_date=None) -> str:
         """Snapshots of features and labels up to the as-of date, as Parquet (dbt builds the
         missing ones, hence the warehouse pool)."""
@@ -87,8 +99,12 @@ def train_models():
         for decision in decisions:
             log.info("%s", decision)
 
+    @task
+    def models_to_train(params=None) -> list[str]:
+        return list(params["models"])
+
     trained = train_model.partial(training_set_dir=build_training_set()).expand(
-        kind=list(MODEL_KINDS)
+        kind=models_to_train()
     )
     summary(promote.expand(trained=trained))
 

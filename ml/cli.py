@@ -10,6 +10,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ml.audiences import AudienceError
 from ml.config import ConfigError, load_settings
@@ -179,6 +180,11 @@ def cmd_config(args: argparse.Namespace) -> None:
         return
     for name in SHOWN_SETTINGS:
         print(f"{name:<20} {getattr(settings, name)}")
+    webhook = settings.alerts.webhook_url
+    # Only where alerts go, never the whole URL: a webhook's path often carries its token.
+    shown = f"{urlsplit(webhook).scheme}://{urlsplit(webhook).hostname}/..." if webhook else "-"
+    print(f"{'alert_webhook':<20} {shown}")
+    print(f"{'alert_emails':<20} {', '.join(settings.alerts.emails) or '-'}")
 
 
 def build_parser() -> argparse.ArgumentParser:

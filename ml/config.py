@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -86,6 +87,18 @@ class PublishSettings:
 
 
 @dataclass(frozen=True)
+class AlertSettings:
+    """Who hears of a failed segflow task (ml/alerts.py), besides `<reports dir>/failures.jsonl`
+    and the task's log, which always get it."""
+
+    webhook_url: str | None
+    """SEGFLOW_ALERT_WEBHOOK_URL: an http(s) URL that receives each failure record as JSON (POST)."""
+    emails: tuple[str, ...]
+    """SEGFLOW_ALERT_EMAILS: comma-separated addresses that get a mail per failure, sent through
+    Airflow's SMTP settings (AIRFLOW__SMTP__SMTP_HOST and the rest of the [smtp] section)."""
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path
     landing_dir: Path
@@ -97,6 +110,7 @@ class Settings:
     quality: QualityThresholds
     models: ModelSettings
     publishing: PublishSettings
+    alerts: AlertSettings
 
     @property
     def warehouse_path(self) -> Path:
@@ -213,6 +227,38 @@ def _file(env: Mapping[str, str], name: str, default: Path) -> Path:
     return path.resolve()
 
 
+def _http_url(env: Mapping[str, str], name: str) -> str | None:
+    raw = _given(env, name)
+    if raw is None:
+        return None
+    url = raw.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        # The value is not repeated: a webhook URL often carries its token.
+        raise ConfigError(
+            f"{name}: expected an http:// or https:// URL with a host, "
+            "e.g. https://hooks.example.com/segflow"
+        )
+    return url
+
+
+EMAIL_ADDRESS = re.compile(r"[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+")
+
+
+def _email_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = _given(env, name)
+    if raw is None:
+        return ()
+    addresses = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for address in addresses:
+        if not EMAIL_ADDRESS.fullmatch(address):
+            raise ConfigError(
+                f"{name}={raw!r}: {address!r} is not an e-mail address "
+                "(expected comma-separated addresses, e.g. data-team@example.com,oncall@example.com)"
+            )
+    return addresses
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from `env` (default: the process environment)."""
     env = os.environ if env is None else env
@@ -249,5 +295,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             band_high_share=_share(env, "SEGFLOW_BAND_HIGH_SHARE", 0.2),
             band_medium_share=_share(env, "SEGFLOW_BAND_MEDIUM_SHARE", 0.3),
             default_send_hour=_hour(env, "SEGFLOW_DEFAULT_SEND_HOUR", 10),
+        ),
+        alerts=AlertSettings(
+            webhook_url=_http_url(env, "SEGFLOW_ALERT_WEBHOOK_URL"),
+            emails=_email_list(env, "SEGFLOW_ALERT_EMAILS"),
         ),
     )

@@ -1,5 +1,5 @@
-"""What every segflow DAG shares: the warehouse pool, retry policy, the assets that show
-lineage in the UI, and the run's as-of date.
+"""What every segflow DAG shares: the warehouse pool, retry policy and failure alerts, the
+assets that show lineage in the UI, and the run's as-of date.
 
 Kept free of heavy imports: DAG files import this at parse time.
 """
@@ -12,6 +12,7 @@ from typing import Any
 
 from airflow.sdk import Asset, Param
 
+from ml.alerts import record_task_failure
 from ml.contract import ENTITIES
 
 WAREHOUSE_POOL = "warehouse"
@@ -24,6 +25,9 @@ DEFAULT_ARGS: dict[str, Any] = {
     "retry_delay": dt.timedelta(seconds=30),
     "retry_exponential_backoff": True,
     "max_retry_delay": dt.timedelta(minutes=10),
+    # Once a task has failed for good: a line in <reports dir>/failures.jsonl, a log line, and
+    # the webhook and mail alerts that are configured (ml/alerts.py).
+    "on_failure_callback": record_task_failure,
 }
 
 DAG_TAGS = {"segflow", "daily", "training", "monitoring"}
@@ -47,13 +51,24 @@ def _table(schema: str, name: str) -> Asset:
 
 RAW_TABLES = [_table("raw", entity.name) for entity in ENTITIES]
 REVIEW_SENTIMENT = _table("derived", "review_sentiment")
+VALIDATION_RESULTS = _table("quality", "validation_results")
+FEATURE_MARTS = [_table("marts", "customer_features"), _table("marts", "training_labels")]
+"""Built by dbt; updated in Airflow once the features gate has passed them."""
+STAGED_SEGMENTS = [
+    _table("staging", name)
+    for name in ("customer_segments", "audience_members", "audience_definitions")
+]
 TRAINING_SET = Asset(name="training_set", uri="file://segflow/training")
 REGISTERED_MODELS = [
     Asset(name=f"segflow_{kind}", uri=f"mlflow://segflow/models/segflow_{kind}")
     for kind in MODEL_KINDS
 ]
-PUBLISHED_SEGMENTS = _table("published", "customer_segments")
+PUBLISHED_SEGMENTS = [
+    _table("published", name)
+    for name in ("customer_segments", "audience_members", "audience_definitions", "publications")
+]
 AUDIENCE_EXPORTS = Asset(name="audience_exports", uri="file://segflow/exports")
+SEGMENT_REPORT = Asset(name="segment_report", uri="file://segflow/reports/segments")
 DRIFT_ALERT = Asset(name="drift_alert", uri="segflow://monitoring/drift_alert")
 """Emitted by the drift monitor; schedules train_models."""
 

@@ -152,25 +152,32 @@ def _survey(settings: Settings) -> tuple[dt.date, dt.date, set[dt.date]]:
     return first, newest, built
 
 
-def _build_snapshot(settings: Settings, snapshot: dt.date) -> None:
-    """Features and labels as of `snapshot` with dbt (models and data tests; the unit tests
-    are left to the daily build: they fix their own dates, which an explicit label date
-    would override)."""
-    from ml.features import dbt_vars, run_dbt
+def _build_snapshots(settings: Settings, snapshots: list[dt.date]) -> None:
+    """Features and labels as of each snapshot with dbt: the two marts and their data tests,
+    all in one dbt process. The staging and unit tests are left to the daily build: they do not
+    depend on the date (the unit tests fix their own, which an explicit label date would
+    override)."""
+    from ml.features import dbt_vars, run_dbt_commands
     from ml.text_signal import score_review_sentiment
 
-    log.info("building features and labels as of %s with dbt", snapshot)
-    score_review_sentiment(settings, snapshot)
-    run_dbt(
+    log.info("building features and labels with dbt as of %s", ", ".join(map(str, snapshots)))
+    # Scoring up to the newest snapshot scores every review an earlier one can see.
+    score_review_sentiment(settings, max(snapshots))
+    run_dbt_commands(
         settings,
-        "build",
-        "--select",
-        "+customer_features",
-        "+training_labels",
-        "--exclude-resource-type",
-        "unit_test",
-        "--vars",
-        dbt_vars(settings, snapshot, label_as_of=snapshot),
+        [
+            [
+                "build",
+                "--select",
+                "customer_features",
+                "training_labels",
+                "--exclude-resource-type",
+                "unit_test",
+                "--vars",
+                dbt_vars(settings, snapshot, label_as_of=snapshot),
+            ]
+            for snapshot in sorted(snapshots)
+        ],
     )
 
 
@@ -234,8 +241,8 @@ def build_training_set(settings: Settings, as_of: dt.date) -> Path:
     training = usable_training_snapshots(settings, plan, first)
     snapshots = [*training, plan.validation]
     missing = [snapshot for snapshot in snapshots if snapshot not in built]
-    for snapshot in missing:
-        _build_snapshot(settings, snapshot)
+    if missing:
+        _build_snapshots(settings, missing)
 
     # Written next to the final folder and swapped in, so a reader never sees half a set.
     out = training_set_dir(settings, as_of)
@@ -254,8 +261,14 @@ def build_training_set(settings: Settings, as_of: dt.date) -> Path:
         "snapshots": stats,
     }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
+    # Renamed aside before it is removed: deleting file by file in place would leave half a set
+    # where readers look if the process is killed meanwhile.
+    previous = out.with_name(out.name + ".previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    if out.exists():
+        out.rename(previous)
     staging.rename(out)
+    shutil.rmtree(previous, ignore_errors=True)
     log.info(
         "training set as of %s: %s training rows over %d snapshots, %s validation rows (%s)",
         as_of,

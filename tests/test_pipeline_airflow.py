@@ -13,6 +13,7 @@ import duckdb
 import pandas as pd
 import pytest
 
+from ml.alerts import failures_path
 from ml.config import load_settings
 from ml.synthetic import generate
 from tests.conftest import SAMPLE_END
@@ -143,6 +144,15 @@ def test_daily_runs_publish_and_a_corrupt_day_stops_at_the_raw_gate(
     assert failed.returncode != 0
     assert "quarantine above SEGFLOW_QUARANTINE_MAX_SHARE=5.0% for orders" in output
     assert "amount: must be >= 0" in output
+    # The failure callback recorded the gate's failure once, with the rule that failed.
+    (failure,) = map(json.loads, failures_path(settings).read_text().splitlines())
+    assert (failure["dag_id"], failure["task_id"], failure["as_of_date"]) == (
+        "segment_pipeline",
+        "raw_gate",
+        SAMPLE_END.isoformat(),
+    )
+    assert failure["exception_class"] == "ml.quality.QuarantineTooLarge"
+    assert "amount: must be >= 0" in failure["exception_message"]
     # Nothing downstream of the gate ran: the features are as before, and the previous days'
     # publication (rows and export files) is unchanged byte for byte.
     assert features_fingerprint(airflow_env) == before
@@ -175,3 +185,9 @@ def test_a_run_with_an_as_of_param_that_is_not_a_date_is_refused(airflow_env: di
         "Invalid input for param as_of_date: '30.06.2026' is not a 'date'"
         in result.stdout + result.stderr
     )
+
+
+def test_training_an_unknown_model_is_refused(airflow_env: dict[str, str]):
+    result = run_dag(airflow_env, SAMPLE_END, {"models": ["churn"]}, dag_id="train_models")
+    assert result.returncode != 0
+    assert "Invalid input for param models: 'churn' is not one of" in result.stdout + result.stderr

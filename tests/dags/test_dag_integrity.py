@@ -52,12 +52,19 @@ def test_warehouse_writers_share_the_single_slot_pool(dag_bag: DagBag):
     dag = dag_bag.dags["segment_pipeline"]
     ingest = dag.get_task("ingest")
     assert {a.name for a in ingest.outlets} >= {"raw.customers", "raw.orders"}
-    dbt_tasks = [t for t in dag.tasks if t.task_id.startswith("features.")]
+    # The empty tasks standing for ephemeral models run nothing.
+    dbt_tasks = [
+        t
+        for t in dag.tasks
+        if t.task_id.startswith("features.") and type(t).__name__ != "EmptyOperator"
+    ]
     gates = [dag.get_task(f"{name}_gate") for name in ("raw", "features", "segments")]
     writers = [
         dag.get_task(task_id)
         for task_id in ("score_review_texts", "ensure_champions", "score", "publish")
     ]
+    # A reader waits behind a writer of another process too (DuckDB: one writer or readers).
+    writers.append(dag.get_task("segment_report"))
     assert {t.pool for t in [ingest, *gates, *writers, *dbt_tasks]} == {WAREHOUSE_POOL}
     # Training writes the warehouse only when dbt builds missing snapshots.
     train = dag_bag.dags["train_models"]
@@ -72,7 +79,31 @@ def test_publishing_follows_scoring_and_its_gate(dag_bag: DagBag):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
     assert {a.name for a in dag.get_task("publish").outlets} == {
         "published.customer_segments",
+        "published.audience_members",
+        "published.audience_definitions",
+        "published.publications",
         "audience_exports",
+    }
+
+
+def test_every_table_the_pipeline_produces_is_an_asset(dag_bag: DagBag):
+    """The UI's lineage shows each table and file a run produces, from its producing task."""
+    produced = {
+        asset.name for dag in dag_bag.dags.values() for t in dag.tasks for asset in t.outlets
+    }
+    assert produced >= {
+        *(f"raw.{entity}" for entity in ("customers", "orders", "email_events", "web_events")),
+        "raw.reviews",
+        "derived.review_sentiment",
+        "quality.validation_results",
+        "marts.customer_features",
+        "marts.training_labels",
+        "staging.customer_segments",
+        "published.customer_segments",
+        "audience_exports",
+        "segment_report",
+        "training_set",
+        *(f"segflow_{kind}" for kind in ("personas", "churn_risk", "customer_value")),
     }
 
 
@@ -81,7 +112,11 @@ def test_train_models_trains_every_model_weekly_and_on_drift(dag_bag: DagBag):
 
     dag = dag_bag.dags["train_models"]
     # The DAG file takes the kinds from ml.orchestration to avoid importing MLflow at parse time.
-    assert dag.get_task("train_model").op_kwargs_expand_input.value["kind"] == list(MODEL_KINDS)
+    assert dag.params["models"] == list(MODEL_KINDS)
+    assert dag.get_task("train_model").upstream_task_ids == {
+        "build_training_set",
+        "models_to_train",
+    }
     assert dag.get_task("promote").upstream_task_ids == {"train_model"}
     assert {a.name for a in dag.get_task("promote").outlets} == {
         f"segflow_{kind}" for kind in MODEL_KINDS
@@ -90,37 +125,50 @@ def test_train_models_trains_every_model_weekly_and_on_drift(dag_bag: DagBag):
     assert dag.timetable.timetable.expression == "0 4 * * 1"
 
 
-def test_every_dbt_model_is_a_task_that_builds_it_with_its_tests(
-    dag_bag: DagBag, dbt_manifest: Path
-):
+def test_every_dbt_model_is_a_task_and_one_task_tests_them_all(dag_bag: DagBag, dbt_manifest: Path):
+    """Staging and intermediate models are ephemeral: Cosmos shows them as empty tasks (the
+    lineage stays visible) and only the two marts start dbt; one task then runs every data and
+    unit test of the project, before the features gate."""
     import json
 
     models = {
-        node["name"]
+        node["name"]: node["config"]["materialized"]
         for node in json.loads(dbt_manifest.read_text())["nodes"].values()
         if node["resource_type"] == "model"
     }
+    assert {name for name, kind in models.items() if kind != "ephemeral"} == {
+        "customer_features",
+        "training_labels",
+    }
     dag = dag_bag.dags["segment_pipeline"]
-    assert {t.task_id for t in dag.tasks if t.task_id.startswith("features.")} == {
-        f"features.{model}_model_build" for model in models
+    dbt_tasks = {t.task_id: t for t in dag.tasks if t.task_id.startswith("features.")}
+    assert set(dbt_tasks) == {f"features.{model}_run" for model in models} | {
+        "features.dbt_project_test"
     }
-    marts = dag.get_task("features.customer_features_model_build")
-    assert "int_customers_rfm_scored_model_build" in " ".join(marts.upstream_task_ids)
-    # dbt receives the same as-of date the Python tasks resolve.
-    assert (
-        marts.vars["as_of_date"]
-        == "{{ params.as_of_date or (logical_date or data_interval_start) | ds }}"
-    )
+    for model, kind in models.items():
+        operator = type(dbt_tasks[f"features.{model}_run"]).__name__
+        assert operator == ("EmptyOperator" if kind == "ephemeral" else "DbtRunLocalOperator")
+    marts = dag.get_task("features.customer_features_run")
+    assert "features.int_customers_rfm_scored_run" in marts.upstream_task_ids
+    tests = dag.get_task("features.dbt_project_test")
+    assert type(tests).__name__ == "DbtTestLocalOperator"
+    assert tests.upstream_task_ids == {
+        "features.customer_features_run",
+        "features.training_labels_run",
+    }
+    # dbt receives the same as-of date the Python tasks resolve, for the models and the tests.
+    for task in (marts, tests):
+        assert (
+            task.vars["as_of_date"]
+            == "{{ params.as_of_date or (logical_date or data_interval_start) | ds }}"
+        )
     assert dag.get_task("score_review_texts").downstream_task_ids >= {
-        "features.stg_shop__customers_model_build"
+        "features.stg_shop__customers_run"
     }
-    # Gates sit between ingest and dbt, and after dbt.
+    # Gates sit between ingest and dbt, and after dbt's tests.
     assert dag.get_task("raw_gate").upstream_task_ids == {"ingest"}
     assert dag.get_task("raw_gate").downstream_task_ids == {"score_review_texts"}
-    assert dag.get_task("features_gate").upstream_task_ids >= {
-        "features.customer_features_model_build",
-        "features.training_labels_model_build",
-    }
+    assert dag.get_task("features_gate").upstream_task_ids == {"features.dbt_project_test"}
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
