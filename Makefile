@@ -21,6 +21,10 @@ export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export AIRFLOW__CORE__EXECUTOR ?= LocalExecutor
 export AIRFLOW__API__HOST ?= 127.0.0.1
 export AIRFLOW__API__PORT ?= 8080
+# Workers reach the API server that `make up` started, on whichever port it listens.
+export AIRFLOW__CORE__EXECUTION_API_SERVER_URL ?= http://$(AIRFLOW__API__HOST):$(AIRFLOW__API__PORT)/execution/
+# Two cores: a few task slots, not Airflow's default of 32 idle worker processes.
+export AIRFLOW__CORE__PARALLELISM ?= 4
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS ?= admin:admin
 # Customer data never phones home (ml/__init__.py does the same for every process using ml).
 export DO_NOT_TRACK := true
