@@ -65,7 +65,16 @@ def dbt_vars(settings: Settings, as_of: dt.date, label_as_of: dt.date | None = N
 
 def run_dbt(settings: Settings, *args: str) -> subprocess.CompletedProcess:
     """Run a dbt command on the project; raise FeatureBuildError naming what failed."""
-    command = [str(DBT_EXECUTABLE), *args, "--project-dir", str(DBT_PROJECT_DIR)]
+    return _run_child(settings, [str(DBT_EXECUTABLE), *args, "--project-dir", str(DBT_PROJECT_DIR)])
+
+
+def run_dbt_commands(settings: Settings, commands: list[list[str]]) -> str:
+    """Run dbt commands one after the other in a single child process (`python -m
+    ml.features`), stopping at the first that fails; return dbt's output."""
+    return _run_child(settings, [sys.executable, "-m", "ml.features", json.dumps(commands)]).stdout
+
+
+def _run_child(settings: Settings, command: list[str]) -> subprocess.CompletedProcess:
     result = subprocess.run(
         command,
         env={**os.environ, **dbt_environment(settings)},
@@ -78,23 +87,6 @@ def run_dbt(settings: Settings, *args: str) -> subprocess.CompletedProcess:
             _failures(result.stdout) or result.stdout[-4000:] + result.stderr[-2000:]
         )
     return result
-
-
-def run_dbt_commands(settings: Settings, commands: list[list[str]]) -> str:
-    """Run dbt commands one after the other in a single child process (`python -m
-    ml.features`), stopping at the first that fails; return dbt's output."""
-    result = subprocess.run(
-        [sys.executable, "-m", "ml.features", json.dumps(commands)],
-        env={**os.environ, **dbt_environment(settings)},
-        cwd=DBT_PROJECT_DIR,
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        raise FeatureBuildError(
-            _failures(result.stdout) or result.stdout[-4000:] + result.stderr[-2000:]
-        )
-    return result.stdout
 
 
 def _invoke_in_this_process(commands: list[list[str]]) -> int:
