@@ -44,11 +44,12 @@ DBT_SOURCES := $(shell find dbt_project/models dbt_project/macros dbt_project/te
 	dbt_project/dbt_project.yml dbt_project/profiles.yml
 SCALE ?= 1000000
 
-.PHONY: help setup demo run test test-fast lint format up down bench clean airflow-init dbt-docs
+.PHONY: help setup demo run backfill test test-fast lint format up down bench clean airflow-init dbt-docs
 
 help:
 	@echo "make demo                 set up, generate $(DEMO_CUSTOMERS) customers, run the pipeline through Airflow"
 	@echo "make run AS_OF=YYYY-MM-DD the daily pipeline for one date (honours SEGFLOW_* overrides)"
+	@echo "make backfill START=... END=...  recompute a date range through the scheduler (after make up)"
 	@echo "make test                 all tests (make test-fast: without the slow end-to-end ones)"
 	@echo "make up / make down       Airflow UI and MLflow UI on 127.0.0.1"
 	@echo "make bench [SCALE=N]      benchmarks -> docs/benchmarks.md"
@@ -107,6 +108,31 @@ run: $(AIRFLOW_READY)
 	fi; \
 	sed -n '/ingest as of/,/reviews /p' $$log | sed -E 's/^[^ ]+ \[info *\] /  /; s/ \[ml\.ingest\].*$$//'; \
 	echo "run for $(AS_OF) succeeded in $$(( $$(date +%s) - start )) s"
+
+define CHECK_DATE_RANGE
+import datetime as d, sys
+try:
+    start, end = (d.date.fromisoformat(value) for value in sys.argv[1:3])
+except ValueError as error:
+    sys.exit(f"START and END must be dates (YYYY-MM-DD): {error}")
+if end < start:
+    sys.exit(f"END {end} is before START {start}")
+endef
+export CHECK_DATE_RANGE
+
+# Airflow's own backfill of segment_pipeline, executed by the scheduler `make up` started:
+# every date from START to END is recomputed (also those that ran before), one run at a time,
+# oldest first. The last date's run has its logical date at 02:00, hence END's 23:59:59.
+backfill: $(AIRFLOW_READY)
+	@test -n "$(START)" -a -n "$(END)" || (echo "usage: make backfill START=YYYY-MM-DD END=YYYY-MM-DD" >&2; exit 2)
+	@$(BIN)/python -c "$$CHECK_DATE_RANGE" "$(START)" "$(END)"
+	@curl -sf http://127.0.0.1:$(AIRFLOW__API__PORT)/api/v2/monitor/health > /dev/null \
+		|| (echo "no Airflow is serving on 127.0.0.1:$(AIRFLOW__API__PORT): start it with make up" >&2; exit 1)
+	@$(BIN)/airflow dags list -o plain 2>/dev/null | awk '$$1 == "segment_pipeline" && $$4 == "True" {exit 1}' \
+		|| (echo "segment_pipeline is paused, and the scheduler runs no backfill of a paused DAG: unpause it in the UI or with 'airflow dags unpause segment_pipeline' (it then also runs on its daily schedule)" >&2; exit 1)
+	$(BIN)/airflow backfill create --dag-id segment_pipeline --from-date $(START) --to-date $(END)T23:59:59 \
+		--reprocess-behavior completed --max-active-runs 1
+	@echo "progress: http://127.0.0.1:$(AIRFLOW__API__PORT)/dags/segment_pipeline (runs of type backfill), or: airflow dags list-runs segment_pipeline"
 
 test: $(INSTALLED) $(DBT_MANIFEST)
 	$(BIN)/pytest
