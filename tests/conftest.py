@@ -25,16 +25,19 @@ TRAINED_AS_OF = dt.date(2026, 6, 30)
 """The date `trained_settings` trained its models as of, and has customer_features for."""
 
 
+MLFLOW_URI_AT_START = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 @pytest.fixture(autouse=True)
 def _mlflow_uri_does_not_leak_into_later_tests():
     """mlflow.set_tracking_uri (ml.registry) also exports MLFLOW_TRACKING_URI to os.environ:
-    the Airflow processes a later test starts would inherit another test's registry."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+    the Airflow processes a later test starts would inherit another test's registry. Session
+    fixtures set up before this one, hence the value from the session's start."""
     yield
-    if before is None:
+    if MLFLOW_URI_AT_START is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+        os.environ["MLFLOW_TRACKING_URI"] = MLFLOW_URI_AT_START
 
 
 @pytest.fixture
