@@ -21,6 +21,8 @@ export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export AIRFLOW__CORE__EXECUTOR ?= LocalExecutor
 export AIRFLOW__API__HOST ?= 127.0.0.1
 export AIRFLOW__API__PORT ?= 8080
+# Links in logs and failure records point at the UI that `make up` serves.
+export AIRFLOW__API__BASE_URL ?= http://$(AIRFLOW__API__HOST):$(AIRFLOW__API__PORT)
 # Workers reach the API server that `make up` started, on whichever port it listens.
 export AIRFLOW__CORE__EXECUTION_API_SERVER_URL ?= http://$(AIRFLOW__API__HOST):$(AIRFLOW__API__PORT)/execution/
 # Two cores: a few task slots, not Airflow's default of 32 idle worker processes.
@@ -70,7 +72,8 @@ $(INSTALLED): requirements.lock pyproject.toml
 
 airflow-init: $(AIRFLOW_READY)
 
-$(AIRFLOW_READY): $(INSTALLED) $(DBT_MANIFEST)
+# The manifest only has to exist: a newer one needs no new Airflow database.
+$(AIRFLOW_READY): $(INSTALLED) | $(DBT_MANIFEST)
 	@mkdir -p $(AIRFLOW_HOME)
 	$(BIN)/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || (cat $(AIRFLOW_HOME)/db-migrate.log; exit 1)
 	$(BIN)/airflow pools set warehouse 1 "DuckDB allows one writer: every warehouse-writing task" > /dev/null

@@ -34,6 +34,9 @@ from __future__ import annotations
 
 import datetime as dt
 
+import ml  # noqa: F401  (first: it switches off Cosmos's telemetry, which Cosmos reads on import)
+
+# isort: split
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import InvocationMode, LoadMode, TestBehavior

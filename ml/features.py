@@ -68,10 +68,18 @@ def run_dbt(settings: Settings, *args: str) -> subprocess.CompletedProcess:
     return _run_child(settings, [str(DBT_EXECUTABLE), *args, "--project-dir", str(DBT_PROJECT_DIR)])
 
 
+def dbt_target_dir(settings: Settings) -> Path:
+    """Where the builds segflow starts write dbt's artifacts: in the data folder, not in
+    dbt_project/target, whose manifest.json Cosmos reads each time Airflow parses the DAG."""
+    return settings.data_dir / "dbt-target"
+
+
 def run_dbt_commands(settings: Settings, commands: list[list[str]]) -> str:
     """Run dbt commands one after the other in a single child process (`python -m
     ml.features`), stopping at the first that fails; return dbt's output."""
-    return _run_child(settings, [sys.executable, "-m", "ml.features", json.dumps(commands)]).stdout
+    target = ["--target-path", str(dbt_target_dir(settings))]
+    batch = json.dumps([[*command, *target] for command in commands])
+    return _run_child(settings, [sys.executable, "-m", "ml.features", batch]).stdout
 
 
 def _run_child(settings: Settings, command: list[str]) -> subprocess.CompletedProcess:
@@ -116,7 +124,8 @@ def build_features(
     from ml.text_signal import score_review_sentiment
 
     score_review_sentiment(settings, as_of)
-    args = ["build", "--vars", dbt_vars(settings, as_of, label_as_of)]
+    args = ["build", "--target-path", str(dbt_target_dir(settings))]
+    args += ["--vars", dbt_vars(settings, as_of, label_as_of)]
     if label_as_of is not None:
         # The unit tests pin their own dates, which an explicit label date would override.
         args += ["--exclude-resource-type", "unit_test"]

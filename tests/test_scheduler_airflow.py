@@ -44,6 +44,8 @@ BACKFILL_DATES = [TRAINED_AS_OF - dt.timedelta(days=days) for days in (2, 1, 0)]
 STACK_START_TIMEOUT_S = 180
 RUNS_TIMEOUT_S = 900
 FINISHED = {"success", "failed"}
+STARTED_BY = "SEGFLOW_TEST_STARTED_BY"
+"""Set in the environment of every process this module starts, so that teardown finds them all."""
 PUBLISHED_TABLES = ("customer_segments", "audience_members", "audience_definitions")
 PUBLICATION_RUN_METADATA = ("run_id", "published_at")
 """The columns of published.publications (and keys of manifest.json) that describe the run
@@ -62,6 +64,25 @@ def tail(path: Path, chars: int = 4000) -> str:
     )
 
 
+def task_log(path: Path, lines: int = 40) -> str:
+    """The end of a task's log (JSON lines), as `time level event` and any exception."""
+    readable = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            readable.append(line)
+            continue
+        readable.append(
+            f"{record.get('timestamp', '')[11:19]} {record.get('level')} {record.get('event')}"
+        )
+        readable += [
+            f"    {error['exc_type']}: {error['exc_value']}"
+            for error in record.get("error_detail", [])
+        ]
+    return f"\n--- {path} (end)\n" + "\n".join(readable[-lines:])
+
+
 def stop_process_group(process: subprocess.Popen, grace_s: float = 30) -> None:
     """SIGTERM to the process and everything it started (its group), SIGKILL after the grace."""
     with contextlib.suppress(ProcessLookupError):
@@ -71,6 +92,22 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = 30) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def kill_processes_started_by(marker: str) -> None:
+    """SIGKILL every process whose environment has STARTED_BY=marker, children included,
+    whatever process group they moved to."""
+    wanted = f"{STARTED_BY}={marker}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if wanted in environment:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 @dataclass
@@ -121,7 +158,7 @@ class AirflowStack:
                         / f"run_id={run['dag_run_id']}"
                         / f"task_id={ti['task_id']}"
                     )
-                    report += [tail(log) for log in sorted(folder.rglob("attempt=*.log"))]
+                    report += [task_log(log) for log in sorted(folder.rglob("attempt=*.log"))]
         return "\n".join(report) + self.service_logs()
 
     def wait_until_finished(self, wanted: dict[str, list[str]]) -> list[dict]:
@@ -158,9 +195,12 @@ def copy_registry(tracking_uri: str, into: Path) -> str:
     return f"sqlite:///{into / 'mlflow.db'}"
 
 
-def segflow_env(landing_dir: Path, airflow_home: Path, data_dir: Path, registry: str) -> dict:
+def segflow_env(
+    marker: str, landing_dir: Path, airflow_home: Path, data_dir: Path, registry: str
+) -> dict:
     return {
         **os.environ,
+        STARTED_BY: marker,
         "AIRFLOW_HOME": str(airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_DIR / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -183,7 +223,7 @@ def stack(
     home = root / "airflow"
     port = free_port()
     registry = copy_registry(trained_settings.mlflow_tracking_uri, root / "registry")
-    env = segflow_env(trained_settings.landing_dir, home, root / "data", registry)
+    env = segflow_env(str(root), trained_settings.landing_dir, home, root / "data", registry)
     env |= {
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__API__HOST": "127.0.0.1",
@@ -229,6 +269,9 @@ def stack(
     finally:
         for process in processes.values():
             stop_process_group(process)
+        # Airflow's task supervisor gives each task a process group of its own: tasks that
+        # outlived their scheduler (a failed test) are found by their environment.
+        kill_processes_started_by(str(root))
 
 
 def wait_until_ready(stack: AirflowStack) -> None:
@@ -314,6 +357,7 @@ def test_a_backfill_publishes_what_single_runs_of_its_dates_publish(stack: Airfl
     single_home.mkdir()
     shutil.copy(root / "airflow-migrated.db", single_home / "airflow.db")
     single_env = segflow_env(
+        stack.env[STARTED_BY],
         Path(stack.env["SEGFLOW_LANDING_DIR"]),
         single_home,
         single_data,
@@ -357,7 +401,7 @@ def test_a_backfill_publishes_what_single_runs_of_its_dates_publish(stack: Airfl
     data_dir = Path(stack.env["SEGFLOW_DATA_DIR"])
     backfilled = publication(data_dir, BACKFILL_DATES)
     single = publication(single_data, BACKFILL_DATES)
-    published_dates = {row[1] for row in backfilled["customer_segments"]}
+    published_dates = {as_of_date for _, as_of_date, *_ in backfilled["customer_segments"]}
     assert published_dates == set(BACKFILL_DATES)
     assert backfilled.keys() == single.keys()
     for part, content in backfilled.items():
@@ -410,31 +454,34 @@ def test_b_segment_pipeline_and_train_models_take_turns_in_the_warehouse_pool(
     print(f"\nsegment_pipeline and train_models together: {time.monotonic() - started:.0f} s")
 
     assert stack.api("GET", f"/pools/{WAREHOUSE_POOL}")["slots"] == 1
+    when = dt.datetime.fromisoformat
     # The two runs were in flight at the same time...
-    assert max(dt.datetime.fromisoformat(run["start_date"]) for run in runs) < min(
-        dt.datetime.fromisoformat(run["end_date"]) for run in runs
+    assert max(when(run["start_date"]) for run in runs) < min(when(run["end_date"]) for run in runs)
+    pool_tasks = sorted(
+        [
+            (
+                ti["dag_id"],
+                ti["task_id"],
+                when(ti["scheduled_when"]),
+                when(ti["start_date"]),
+                when(ti["end_date"]),
+            )
+            for run in runs
+            for ti in stack.task_instances(run)
+            if ti["pool"] == WAREHOUSE_POOL
+        ],
+        key=lambda task: task[3],
     )
-    pool_tasks = [
-        ti for run in runs for ti in stack.task_instances(run) if ti["pool"] == WAREHOUSE_POOL
-    ]
-    assert {ti["dag_id"] for ti in pool_tasks} == set(requests)
-    pool_tasks.sort(key=lambda ti: dt.datetime.fromisoformat(ti["start_date"]))
-    spans = "\n".join(
-        f"{ti['dag_id']}.{ti['task_id']}: {ti['start_date']} - {ti['end_date']}"
-        for ti in pool_tasks
-    )
+    assert {dag_id for dag_id, *_ in pool_tasks} == set(requests)
+    spans = "\n".join(f"{dag}.{task}: {start} - {end}" for dag, task, _, start, end in pool_tasks)
     # ...yet their warehouse tasks never held the warehouse together,
-    for before, after in zip(pool_tasks, pool_tasks[1:], strict=False):
-        assert dt.datetime.fromisoformat(after["start_date"]) >= dt.datetime.fromisoformat(
-            before["end_date"]
-        ), spans
+    for (*_, previous_end), (*_, start, _) in zip(pool_tasks, pool_tasks[1:], strict=False):
+        assert start >= previous_end, spans
     # and a task of one run was ready while the other run's held the slot, and waited for it.
     assert any(
-        dt.datetime.fromisoformat(ready["scheduled_when"])
-        < dt.datetime.fromisoformat(holder["end_date"])
-        <= dt.datetime.fromisoformat(ready["start_date"])
-        for ready in pool_tasks
-        for holder in pool_tasks
-        if ready["dag_id"] != holder["dag_id"] and ready["scheduled_when"]
+        ready_at < holder_end <= start
+        for ready_dag, _, ready_at, start, _ in pool_tasks
+        for holder_dag, _, _, _, holder_end in pool_tasks
+        if ready_dag != holder_dag
     ), spans
     assert_only_requested_runs(stack)
