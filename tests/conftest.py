@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,29 @@ from ml.synthetic import generate  # noqa: E402
 SAMPLE_END = dt.date(2026, 6, 30)
 TRAINED_AS_OF = dt.date(2026, 6, 30)
 """The date `trained_settings` trained its models as of, and has customer_features for."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def processes_with_env(variable: str, value: str) -> list[int]:
+    """Every process whose environment has variable=value: what a test started, children
+    included, whatever process group they moved to (Airflow 3.3 gives each task its own)."""
+    wanted = f"{variable}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if wanted in environment:
+            found.append(int(entry.name))
+    return found
 
 
 MLFLOW_URI_AT_START = os.environ.get("MLFLOW_TRACKING_URI")

@@ -10,7 +10,6 @@ import email
 import http.server
 import json
 import logging
-import socket
 import socketserver
 import threading
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import ml.orchestration  # noqa: F401  (imports Airflow, which sets up logging, 
 from ml.alerts import failures_path, record_task_failure
 from ml.config import ConfigError, load_settings
 from ml.quality import QuarantineTooLarge
+from tests.conftest import free_port
 
 AS_OF = dt.date(2026, 6, 30)
 
@@ -66,13 +66,6 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def recorded(data_dir: Path) -> list[dict]:
     path = failures_path(load_settings({"SEGFLOW_DATA_DIR": str(data_dir)}))
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

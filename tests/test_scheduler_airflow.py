@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ import duckdb
 import pytest
 
 from ml.config import Settings
-from tests.conftest import PROJECT_DIR, TRAINED_AS_OF
+from tests.conftest import PROJECT_DIR, TRAINED_AS_OF, free_port, processes_with_env
 
 pytestmark = pytest.mark.slow
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
@@ -50,12 +49,6 @@ PUBLISHED_TABLES = ("customer_segments", "audience_members", "audience_definitio
 PUBLICATION_RUN_METADATA = ("run_id", "published_at")
 """The columns of published.publications (and keys of manifest.json) that describe the run
 rather than the data: which run published, and when. The published tables have none."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def tail(path: Path, chars: int = 4000) -> str:
@@ -95,19 +88,10 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = 30) -> None:
 
 
 def kill_processes_started_by(marker: str) -> None:
-    """SIGKILL every process whose environment has STARTED_BY=marker, children included,
-    whatever process group they moved to."""
-    wanted = f"{STARTED_BY}={marker}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environment = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        if wanted in environment:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
+    """SIGKILL every process whose environment has STARTED_BY=marker."""
+    for pid in processes_with_env(STARTED_BY, marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @dataclass

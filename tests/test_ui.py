@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from ml.config import Settings
 from ml.registry import CHAMPION, MODEL_KINDS, alias_version, registered_name
+from tests.conftest import free_port, processes_with_env
 
 pytestmark = pytest.mark.slow
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -43,29 +43,6 @@ class UiServers:
     airflow_url: str
     mlflow_url: str
     airflow_home: Path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def processes_started_with(variable: str, value: str) -> list[int]:
-    """Every process whose environment has variable=value: what `make up` started, children
-    included, wherever they moved."""
-    wanted = f"{variable}={value}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environment = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        if wanted in environment:
-            found.append(int(entry.name))
-    return found
 
 
 def make(target: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -112,7 +89,7 @@ def ui_servers(
         )
     finally:
         down = make("down", env)
-        leftovers = processes_started_with("AIRFLOW_HOME", env["AIRFLOW_HOME"])
+        leftovers = processes_with_env("AIRFLOW_HOME", env["AIRFLOW_HOME"])
         for pid in leftovers:  # still stop them, then fail
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
