@@ -182,7 +182,7 @@ def test_train_models_registers_challengers_and_tags_their_gate(airflow_env: dic
         ), kind
     # The models the param left out got no new version.
     untouched = registered_name("customer_value")
-    assert [v.version for v in client.search_model_versions(f"name='{untouched}'")] == ["1"]
+    assert [int(v.version) for v in client.search_model_versions(f"name='{untouched}'")] == [1]
 
 
 def test_a_run_with_an_as_of_param_that_is_not_a_date_is_refused(airflow_env: dict[str, str]):
