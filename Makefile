@@ -97,7 +97,7 @@ demo:
 	@echo "where to look:"
 	@echo "  Airflow UI   make up, then http://127.0.0.1:$(AIRFLOW__API__PORT) (DAG runs, task logs, asset lineage)"
 	@echo "  MLflow UI    make up, then http://127.0.0.1:$(MLFLOW_PORT) (runs, model cards, registered models and aliases)"
-	@echo "  reports      $(SEGFLOW_DATA_DIR)/reports (Data Docs, segment reports)"
+	@echo "  reports      $(SEGFLOW_DATA_DIR)/reports (Data Docs, segment reports, drift reports)"
 	@echo "  exports      $(SEGFLOW_DATA_DIR)/exports (the audiences an e-mail tool reads)"
 
 run: $(AIRFLOW_READY)

@@ -25,6 +25,12 @@ The daily run of segflow for one as-of date (the day of the run's logical date, 
    and the exports for e-mail tools (`exports/<date>/<audience>.csv`, `manifest.json`) are moved
    into place. A failure leaves the last good publication as it was.
 10. **segment_report**: an HTML report of the publication, also logged to MLflow.
+11. **monitor**: feature, score and segment-mix drift against the champions' training
+    references, and realized performance of the date one label horizon back
+    (`monitoring.*` tables, an HTML report under the reports folder and in MLflow).
+12. **drift_alert**: when a check alerts, emits the `drift_alert` asset with the reasons, which
+    schedules train_models for the models concerned; skipped otherwise, and for backfill runs
+    (a backfill records its alerts but retrains nothing).
 
 Every task that opens the warehouse runs in the `warehouse` pool (one slot), shared with
 train_models: DuckDB allows one writing process, and no reader beside it. Re-running a date gives the same tables and byte-identical exports.
@@ -46,7 +52,10 @@ from ml.features import DBT_EXECUTABLE, DBT_PROJECT_DIR, dbt_environment
 from ml.orchestration import (
     AUDIENCE_EXPORTS,
     DEFAULT_ARGS,
+    DRIFT_ALERT,
+    DRIFT_REPORT,
     FEATURE_MARTS,
+    MONITORING_TABLES,
     PUBLISHED_SEGMENTS,
     RAW_TABLES,
     REGISTERED_MODELS,
@@ -206,7 +215,43 @@ def segment_pipeline():
             )
         )
 
-    (
+    @task(pool=WAREHOUSE_POOL, outlets=[*MONITORING_TABLES, DRIFT_REPORT])
+    def monitor(params=None, data_interval_start=None, logical_date=None) -> dict:
+        """Drift and realized performance for the date; returns the alert (empty reasons: none)."""
+        from ml.monitoring import monitor
+
+        result = monitor(
+            load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
+        )
+        return result.summary()
+
+    @task(outlets=[DRIFT_ALERT])
+    def drift_alert(verdict: dict, dag_run=None, outlet_events=None) -> dict:
+        """Emit the drift alert (it schedules train_models), or skip when there is none."""
+        import logging
+
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from ml.monitoring import describe
+
+        if not verdict["reasons"]:
+            raise AirflowSkipException(f"no drift alert for {verdict['as_of_date']}")
+        reasons = "\n  ".join(map(describe, verdict["reasons"]))
+        if dag_run.run_type == "backfill":
+            raise AirflowSkipException(
+                f"drift alert for {verdict['as_of_date']} recorded, not emitted (a backfill "
+                f"retrains nothing):\n  {reasons}"
+            )
+        outlet_events[DRIFT_ALERT].extra = verdict
+        logging.getLogger(__name__).warning(
+            "drift alert for %s: retrain %s\n  %s",
+            verdict["as_of_date"],
+            ", ".join(verdict["models"]),
+            reasons,
+        )
+        return verdict
+
+    report = (
         raw_gate(ingest())
         >> score_review_texts()
         >> features
@@ -217,6 +262,9 @@ def segment_pipeline():
         >> publish()
         >> segment_report()
     )
+    verdict = monitor()
+    report >> verdict
+    drift_alert(verdict)
 
 
 segment_pipeline()

@@ -2,8 +2,9 @@
 ### train_models
 
 Trains, evaluates, registers and promotes segflow's models, weekly (Mondays 04:00 UTC) and
-whenever the drift monitor emits the `drift_alert` asset. For an as-of date (the day of the
-logical date, or the `as_of_date` param):
+whenever the drift monitor emits the `drift_alert` asset. For an as-of date (the `as_of_date`
+param, else the date the drift alert was raised for, else the day of the logical date), and the
+models the `models` param names (a drift-triggered run: the models the alert names):
 
 1. **build_training_set**: point-in-time snapshots of `customer_features` joined to
    `training_labels` (monthly, stacked), plus an out-of-time validation snapshot after them;
@@ -36,6 +37,7 @@ from ml.orchestration import (
     TRAINING_SET,
     WAREHOUSE_POOL,
     as_of_param,
+    drift_request,
     resolve_as_of,
 )
 
@@ -66,11 +68,17 @@ from ml.orchestration import (
 )
 def train_models():
     @task(pool=WAREHOUSE_POOL, inlets=FEATURE_MARTS, outlets=[TRAINING_SET])
-    def build_training_set(params=None, data_interval_start=None, logical_date=None) -> str:
+    def build_training_set(
+        params=None, data_interval_start=None, logical_date=None, triggering_asset_events=None
+    ) -> str:
         """Snapshots of features and labels up to the as-of date, as Parquet (dbt builds the
         missing ones, hence the warehouse pool)."""
         from ml.training_sets import build_training_set
 
+        drift = drift_request(triggering_asset_events)
+        if drift and not params.get("as_of_date"):
+            # Retrain as of the date whose drift raised the alert, on the data that showed it.
+            params = {**params, "as_of_date": drift["as_of_date"]}
         as_of = resolve_as_of(params, data_interval_start, logical_date)
         return str(build_training_set(load_settings(), as_of))
 
@@ -100,8 +108,21 @@ def train_models():
             log.info("%s", decision)
 
     @task
-    def models_to_train(params=None) -> list[str]:
-        return list(params["models"])
+    def models_to_train(params=None, triggering_asset_events=None) -> list[str]:
+        import logging
+
+        drift = drift_request(triggering_asset_events)
+        if drift is None:
+            return list(params["models"])
+        logging.getLogger(__name__).warning(
+            "retraining %s on the drift alert of %s: %s",
+            ", ".join(drift["models"]),
+            drift["as_of_date"],
+            "; ".join(
+                f"{r['check']} {r['name']} {r['statistic']} {r['value']}" for r in drift["reasons"]
+            ),
+        )
+        return [kind for kind in drift["models"] if kind in params["models"]]
 
     trained = train_model.partial(training_set_dir=build_training_set()).expand(
         kind=models_to_train()

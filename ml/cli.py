@@ -16,6 +16,7 @@ from ml.audiences import AudienceError
 from ml.config import ConfigError, load_settings
 from ml.features import FeatureBuildError
 from ml.ingest import ContractViolation
+from ml.monitoring import MonitoringError
 from ml.publish import PublishError
 from ml.quality import QualityGateFailed
 from ml.readout import ReadoutError
@@ -134,6 +135,17 @@ def cmd_segments(args: argparse.Namespace) -> None:
     print(segments_summary(load_settings(), args.as_of))
 
 
+def cmd_drift(args: argparse.Namespace) -> None:
+    from ml.monitoring import monitor, monitoring_summary
+
+    settings = load_settings()
+    if args.run:
+        if args.as_of is None:
+            raise MonitoringError("--run needs --as-of: the published date to check")
+        monitor(settings, args.as_of)
+    print(monitoring_summary(settings, args.as_of))
+
+
 def cmd_readout(args: argparse.Namespace) -> None:
     from ml.readout import readout
 
@@ -150,6 +162,7 @@ def cmd_dbt(args: argparse.Namespace) -> None:
 def cmd_status(_: argparse.Namespace) -> None:
     from ml.features import features_summary
     from ml.ingest import raw_summary
+    from ml.monitoring import monitoring_summary
     from ml.quality import quality_summary
     from ml.segment_report import segments_summary
     from ml.train import training_summary
@@ -160,6 +173,7 @@ def cmd_status(_: argparse.Namespace) -> None:
     print(features_summary(settings))
     print(training_summary(settings))
     print(segments_summary(settings))
+    print(monitoring_summary(settings))
 
 
 SHOWN_SETTINGS = (
@@ -243,6 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     segments.add_argument("--as-of", type=_date, help="default: the newest publication")
     segments.set_defaults(handler=cmd_segments)
 
+    drift = commands.add_parser(
+        "drift", help="the drift monitor's verdict for a date (--run: check the date first)"
+    )
+    drift.add_argument("--as-of", type=_date, help="default: the newest monitored date")
+    drift.add_argument(
+        "--run", action="store_true", help="run the checks for a published date (needs --as-of)"
+    )
+    drift.set_defaults(handler=cmd_drift)
+
     readout_parser = commands.add_parser(
         "readout", help="conversion and revenue of an audience's treatment against its holdout"
     )
@@ -280,6 +303,7 @@ EXPLAINED_ERRORS: dict[type[Exception], tuple[str, int]] = {
     ScoringError: ("scoring: ", 1),
     PublishError: ("publishing: ", 1),
     ReadoutError: ("readout: ", 1),
+    MonitoringError: ("drift monitor: ", 1),
 }
 
 

@@ -87,6 +87,28 @@ class PublishSettings:
 
 
 @dataclass(frozen=True)
+class MonitoringSettings:
+    """When the drift monitor (ml/monitoring.py) warns and when it alerts, which schedules
+    train_models. Each has an override."""
+
+    psi_warn: float
+    """SEGFLOW_DRIFT_PSI_WARN: population stability index of a feature, score or segment mix
+    from which it is reported as drifting."""
+    psi_alert: float
+    """SEGFLOW_DRIFT_PSI_ALERT: PSI from which drift raises the alert."""
+    ks_warn: float
+    """SEGFLOW_DRIFT_KS_WARN: Kolmogorov-Smirnov statistic D (numeric features and scores) from
+    which it is reported as drifting."""
+    ks_alert: float
+    """SEGFLOW_DRIFT_KS_ALERT: KS statistic D from which drift raises the alert."""
+    realized_drop_alert: float
+    """SEGFLOW_REALIZED_DROP_ALERT: how far a champion's realized ROC-AUC (Spearman for
+    customer value) may fall below its validation value before it raises the alert."""
+    segment_mix_runs: int
+    """SEGFLOW_SEGMENT_MIX_RUNS: previous published dates the segment mix is compared with."""
+
+
+@dataclass(frozen=True)
 class AlertSettings:
     """Who hears of a failed segflow task (ml/alerts.py), besides `<reports dir>/failures.jsonl`
     and the task's log, which always get it."""
@@ -111,6 +133,7 @@ class Settings:
     models: ModelSettings
     publishing: PublishSettings
     alerts: AlertSettings
+    monitoring: MonitoringSettings
 
     @property
     def warehouse_path(self) -> Path:
@@ -193,6 +216,19 @@ def _share(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name}={raw!r}: expected a share between 0 and 1, e.g. 0.05") from None
     if not 0 <= value <= 1:
         raise ConfigError(f"{name}={raw!r}: must be between 0 and 1")
+    return value
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = _given(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a number, e.g. 0.25") from None
+    if not value > 0:
+        raise ConfigError(f"{name}={raw!r}: must be above 0")
     return value
 
 
@@ -300,4 +336,28 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             webhook_url=_http_url(env, "SEGFLOW_ALERT_WEBHOOK_URL"),
             emails=_email_list(env, "SEGFLOW_ALERT_EMAILS"),
         ),
+        monitoring=_monitoring(env),
     )
+
+
+def _monitoring(env: Mapping[str, str]) -> MonitoringSettings:
+    monitoring = MonitoringSettings(
+        psi_warn=_positive_float(env, "SEGFLOW_DRIFT_PSI_WARN", 0.1),
+        psi_alert=_positive_float(env, "SEGFLOW_DRIFT_PSI_ALERT", 0.25),
+        ks_warn=_share(env, "SEGFLOW_DRIFT_KS_WARN", 0.1),
+        ks_alert=_share(env, "SEGFLOW_DRIFT_KS_ALERT", 0.25),
+        realized_drop_alert=_share(env, "SEGFLOW_REALIZED_DROP_ALERT", 0.05),
+        segment_mix_runs=_positive_int(env, "SEGFLOW_SEGMENT_MIX_RUNS", 7),
+    )
+    for statistic in ("psi", "ks"):
+        warn, alert = (
+            getattr(monitoring, f"{statistic}_warn"),
+            getattr(monitoring, f"{statistic}_alert"),
+        )
+        if warn > alert:
+            name = statistic.upper()
+            raise ConfigError(
+                f"SEGFLOW_DRIFT_{name}_WARN={warn} is above SEGFLOW_DRIFT_{name}_ALERT={alert}: "
+                "the warning level must not exceed the alert level"
+            )
+    return monitoring

@@ -69,8 +69,13 @@ PUBLISHED_SEGMENTS = [
 ]
 AUDIENCE_EXPORTS = Asset(name="audience_exports", uri="file://segflow/exports")
 SEGMENT_REPORT = Asset(name="segment_report", uri="file://segflow/reports/segments")
+MONITORING_TABLES = [
+    _table("monitoring", name) for name in ("drift_metrics", "model_performance", "drift_alerts")
+]
+DRIFT_REPORT = Asset(name="drift_report", uri="file://segflow/reports/drift")
 DRIFT_ALERT = Asset(name="drift_alert", uri="segflow://monitoring/drift_alert")
-"""Emitted by the drift monitor; schedules train_models."""
+"""Emitted by the drift monitor when a check alerts; schedules train_models. Its event's extra
+holds the monitored date, the models to retrain and the reasons (ml.monitoring)."""
 
 
 def as_of_param(what: str) -> Param:
@@ -82,6 +87,14 @@ def as_of_param(what: str) -> Param:
         format="date",
         description=f"{what} (YYYY-MM-DD); empty means the day of the logical date.",
     )
+
+
+def drift_request(triggering_asset_events: Mapping[Any, Any] | None) -> dict[str, Any] | None:
+    """What the newest drift alert that triggered this run asks for (`as_of_date`, `models`,
+    `reasons`), or None when the run was not triggered by one."""
+    events = list((triggering_asset_events or {}).get(DRIFT_ALERT, []))
+    requests = [event.extra for event in events if (event.extra or {}).get("as_of_date")]
+    return max(requests, key=lambda extra: extra["as_of_date"]) if requests else None
 
 
 class AsOfDateError(ValueError):

@@ -346,10 +346,10 @@ def _simulate_day(
     )
     if drifted:
         bargain = TYPE_NAMES[people.type] == "bargain_hunter"
-        order_rate = order_rate * np.where(bargain, 0.4, 1.0)
-        order_value = order_value * 1.35
-        open_p = open_p * 0.5
-        session_rate = session_rate * 1.8
+        order_rate = order_rate * np.where(bargain, 0.3, 1.0)
+        order_value = order_value * 1.6
+        open_p = open_p * 0.35
+        session_rate = session_rate * 2.5
         hour = np.mod(hour + 3.0, 24)
         device = people.drift_device
     open_p = open_p * np.where(churned, 0.35, 1.0)

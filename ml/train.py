@@ -62,7 +62,7 @@ from sklearn.model_selection import HalvingRandomSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OrdinalEncoder, StandardScaler
 
-from ml import evaluate, personas, registry
+from ml import drift, evaluate, personas, registry
 from ml.config import PROJECT_DIR, Settings
 from ml.training_sets import LABEL_COLUMNS, TrainingSet, build_training_set, load_training_set
 
@@ -83,6 +83,9 @@ MAX_CATEGORIES = 30
 MAX_ITER = 100
 HALVING_FACTOR = 3
 IMPORTANCE_ROWS = 2000
+DRIFT_REFERENCE_ROWS = 200_000
+"""The drift reference profiles a sample of this many customers (quantiles within a few
+tenths of a percent)."""
 SEARCH_SPACE = {
     "learning_rate": loguniform(0.07, 0.3),
     "max_leaf_nodes": randint(8, 48),
@@ -380,6 +383,29 @@ def _train_personas(ts: TrainingSet, settings: Settings, out: Path) -> Trained:
     )
 
 
+def _drift_reference(kind: str, trained: Trained, ts: TrainingSet) -> dict:
+    """The profile drift is measured against (ml/drift.py): the features of the customers as
+    of the training date, and the new model's outputs on them, as scoring computes them."""
+    rows = ts.drift_reference
+    rows = rows.iloc[personas.sample_rows(len(rows), DRIFT_REFERENCE_ROWS)]
+    x = rows[trained.features]
+    if kind == "personas":
+        labels = trained.model.predict(x)
+        outputs = {"segment": pd.Series([trained.persona_names[int(label)] for label in labels])}
+    elif kind == "customer_value":
+        outputs = {"predicted_clv": pd.Series(np.clip(trained.model.predict(x), 0, None))}
+    else:
+        # Churn risk is scored for active customers only (ml/score.py).
+        scored = x[rows["orders_365d"] > 0] if kind == "churn_risk" else x
+        outputs = {kind: pd.Series(trained.model.predict_proba(scored)[:, 1])}
+    return drift.reference_profile(
+        rows,
+        trained.features,
+        outputs,
+        f"customer_features as of {ts.manifest['as_of']} ({len(rows):,} customers)",
+    )
+
+
 @functools.cache
 def code_version() -> str:
     """The git commit (with +dirty for uncommitted changes), else the package version."""
@@ -541,6 +567,9 @@ def train_and_register(settings: Settings, kind: str, training_set_dir: Path) ->
             trained = _train_supervised(kind, ts, settings, out)
         fit_seconds = time.perf_counter() - started
         (out / "features.json").write_text(json.dumps(trained.features, indent=1) + "\n")
+        (out / drift.REFERENCE_ARTIFACT).write_text(
+            json.dumps(_drift_reference(kind, trained, ts)) + "\n"
+        )
         (out / "model_card.md").write_text(_model_card(kind, ts, trained))
         gate = evaluate.GATE_METRIC[kind]
         mlflow.log_params(

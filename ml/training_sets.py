@@ -50,6 +50,9 @@ LABEL_COLUMNS = (
     "churned",
 )
 MIN_TRAINING_SNAPSHOTS = 2
+DRIFT_REFERENCE = "drift_reference.parquet"
+"""The customers' features as of the training date itself: the population a new version goes
+live on, from which its drift reference is made (ml/drift.py)."""
 
 
 class TrainingSetError(RuntimeError):
@@ -70,6 +73,13 @@ class TrainingSet:
     manifest: dict
     frame: pd.DataFrame
     """Every snapshot's rows: features, labels and `snapshot_date`."""
+
+    @property
+    def drift_reference(self) -> pd.DataFrame:
+        """The features as of the training date (no labels): see DRIFT_REFERENCE."""
+        import pandas as pd
+
+        return pd.read_parquet(self.directory / DRIFT_REFERENCE)
 
     @property
     def validation_date(self) -> dt.date:
@@ -138,18 +148,18 @@ def _dates(con, table: str) -> set[dt.date]:
     }
 
 
-def _survey(settings: Settings) -> tuple[dt.date, dt.date, set[dt.date]]:
-    """First and newest order date in raw, and the dates with both features and labels."""
+def _survey(settings: Settings) -> tuple[dt.date, dt.date, set[dt.date], set[dt.date]]:
+    """First and newest order date in raw, the dates with features, and those with labels."""
     with connect(settings, read_only=True) as con:
         if not table_exists(con, "raw", "orders"):
             raise TrainingSetError("raw.orders does not exist: ingest data first (segflow ingest)")
         first, newest = con.execute(
             "SELECT min(ordered_at)::DATE, max(ordered_at)::DATE FROM raw.orders"
         ).fetchone()
-        built = _dates(con, "customer_features") & _dates(con, "training_labels")
+        featured, labelled = _dates(con, "customer_features"), _dates(con, "training_labels")
     if first is None:
         raise TrainingSetError("raw.orders is empty: there is nothing to learn from yet")
-    return first, newest, built
+    return first, newest, featured, labelled
 
 
 def _build_snapshots(settings: Settings, snapshots: list[dt.date]) -> None:
@@ -181,9 +191,35 @@ def _build_snapshots(settings: Settings, snapshots: list[dt.date]) -> None:
     )
 
 
-def _export(settings: Settings, snapshots: list[dt.date], out: Path) -> dict[str, dict]:
+def _build_features_only(settings: Settings, as_of: dt.date) -> None:
+    """customer_features as of the training date (its labels lie in the future)."""
+    from ml.features import dbt_vars, run_dbt_commands
+    from ml.text_signal import score_review_sentiment
+
+    log.info("building the features as of %s for the drift reference", as_of)
+    score_review_sentiment(settings, as_of)
+    run_dbt_commands(
+        settings,
+        [
+            [
+                "build",
+                "--select",
+                "customer_features",
+                "--exclude-resource-type",
+                "unit_test",
+                "--vars",
+                dbt_vars(settings, as_of),
+            ]
+        ],
+    )
+
+
+def _export(
+    settings: Settings, snapshots: list[dt.date], as_of: dt.date, out: Path
+) -> dict[str, dict]:
     """One Parquet file per snapshot; decimals become doubles, as duckdb's `.df()` gives them
-    to scoring. Returns row counts and label rates per snapshot."""
+    to scoring. Returns row counts and label rates per snapshot. The features as of `as_of`
+    itself (no labels yet) go to DRIFT_REFERENCE."""
     labels = ", ".join(
         f"CAST(l.{column} AS DOUBLE) AS {column}"
         if column == "revenue_in_horizon"
@@ -200,6 +236,11 @@ def _export(settings: Settings, snapshots: list[dt.date], out: Path) -> dict[str
         features = ", ".join(
             f"CAST(f.{name} AS DOUBLE) AS {name}" if kind.startswith("DECIMAL") else f"f.{name}"
             for name, kind in columns
+        )
+        con.execute(
+            f"""COPY (SELECT {features} FROM marts.customer_features f
+                      WHERE f.as_of_date = DATE '{as_of.isoformat()}' ORDER BY f.customer_id)
+                TO '{out / DRIFT_REFERENCE}' (FORMAT parquet)"""
         )
         for snapshot in snapshots:
             query = f"""
@@ -230,7 +271,7 @@ def build_training_set(settings: Settings, as_of: dt.date) -> Path:
     """Build (with dbt where missing) and export the snapshots of a training run as of
     `as_of`; return the folder holding them."""
     plan = plan_snapshots(settings, as_of)
-    first, newest, built = _survey(settings)
+    first, newest, featured, labelled = _survey(settings)
     freshness = settings.quality.freshness_max_days
     if newest < as_of - dt.timedelta(days=freshness):
         raise TrainingSetError(
@@ -240,16 +281,18 @@ def build_training_set(settings: Settings, as_of: dt.date) -> Path:
         )
     training = usable_training_snapshots(settings, plan, first)
     snapshots = [*training, plan.validation]
-    missing = [snapshot for snapshot in snapshots if snapshot not in built]
+    missing = [snapshot for snapshot in snapshots if snapshot not in featured & labelled]
     if missing:
         _build_snapshots(settings, missing)
+    if as_of not in featured:
+        _build_features_only(settings, as_of)
 
     # Written next to the final folder and swapped in, so a reader never sees half a set.
     out = training_set_dir(settings, as_of)
     staging = out.with_name(out.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    stats = _export(settings, snapshots, staging)
+    stats = _export(settings, snapshots, as_of, staging)
     manifest = {
         "as_of": as_of.isoformat(),
         "label_horizon_days": settings.label_horizon_days,
@@ -259,6 +302,7 @@ def build_training_set(settings: Settings, as_of: dt.date) -> Path:
         "skipped_snapshots": [s.isoformat() for s in plan.training if s not in training],
         "built_with_dbt": [snapshot.isoformat() for snapshot in missing],
         "snapshots": stats,
+        "drift_reference": {"as_of": as_of.isoformat(), "file": DRIFT_REFERENCE},
     }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     # Renamed aside before it is removed: deleting file by file in place would leave half a set

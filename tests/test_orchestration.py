@@ -1,8 +1,9 @@
 import datetime as dt
+from dataclasses import dataclass
 
 import pytest
 
-from ml.orchestration import AsOfDateError, resolve_as_of
+from ml.orchestration import DRIFT_ALERT, AsOfDateError, drift_request, resolve_as_of
 
 MIDNIGHT = dt.datetime(2026, 10, 31, 0, 0, tzinfo=dt.UTC)
 
@@ -31,3 +32,19 @@ def test_a_param_that_is_not_a_date_is_refused():
 def test_no_date_at_all_is_refused():
     with pytest.raises(AsOfDateError, match="neither an as_of_date param nor a logical date"):
         resolve_as_of({}, None, None)
+
+
+@dataclass
+class Event:
+    extra: dict
+
+
+def test_a_drift_triggered_run_takes_date_and_models_from_the_newest_alert():
+    older = {"as_of_date": "2026-07-01", "models": ["churn_risk"], "reasons": []}
+    newer = {"as_of_date": "2026-07-02", "models": ["personas"], "reasons": []}
+    events = {DRIFT_ALERT: [Event(older), Event(newer), Event({})]}
+    assert drift_request(events) == newer
+    assert drift_request({}) is None
+    assert drift_request(None) is None
+    # An event without a date (someone marked the asset updated by hand) asks for nothing.
+    assert drift_request({DRIFT_ALERT: [Event({})]}) is None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -23,13 +25,24 @@ AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 DAGS = Path(__file__).resolve().parents[1] / "dags"
 
 
+DRIFT_FROM = SAMPLE_END + dt.timedelta(days=1)
+DRIFTED_DATE = SAMPLE_END + dt.timedelta(days=30)
+
+
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """4,000 customers over 240 days (enough history for two monthly training snapshots and a
-    validation snapshot), and a small hyper-parameter search for a quick cold start."""
+    """4,000 customers over 240 days up to SAMPLE_END (enough history for two monthly training
+    snapshots and a validation snapshot), then 30 days of changed behaviour (`drift_from`), and
+    a small hyper-parameter search for a quick cold start."""
     root = tmp_path_factory.mktemp("airflow-e2e")
     generate(
-        root / "landing", customers=4000, days=240, end_date=SAMPLE_END, seed=5, progress=False
+        root / "landing",
+        customers=4000,
+        days=270,
+        end_date=DRIFTED_DATE,
+        seed=5,
+        progress=False,
+        drift_from=DRIFT_FROM,
     )
     env = {
         **os.environ,
@@ -198,3 +211,35 @@ def test_training_an_unknown_model_is_refused(airflow_env: dict[str, str]):
     result = run_dag(airflow_env, SAMPLE_END, {"models": ["churn"]}, dag_id="train_models")
     assert result.returncode != 0
     assert "Invalid input for param models: 'churn' is not one of" in result.stdout + result.stderr
+
+
+def test_a_run_after_the_drift_date_raises_the_alert_that_schedules_train_models(
+    airflow_env: dict[str, str],
+):
+    # A paused DAG is not scheduled by assets: train_models is unpaused, as in production.
+    for command in (["dags", "reserialize"], ["dags", "unpause", "train_models"]):
+        subprocess.run(
+            [AIRFLOW, *command], env=airflow_env, check=True, capture_output=True, timeout=300
+        )
+    result = run_dag(airflow_env, DRIFTED_DATE)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "drift alert for " + DRIFTED_DATE.isoformat() in output
+
+    metadata = Path(airflow_env["AIRFLOW_HOME"]) / "airflow.db"
+    with contextlib.closing(sqlite3.connect(f"file:{metadata}?mode=ro", uri=True)) as con:
+        (extra,) = con.execute(
+            """SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id
+               WHERE a.name = 'drift_alert'"""
+        ).fetchall()
+        queued = con.execute(
+            """SELECT q.target_dag_id FROM asset_dag_run_queue q
+               JOIN asset a ON a.id = q.asset_id WHERE a.name = 'drift_alert'"""
+        ).fetchall()
+    # The alert names the date, the drifted features and the models to retrain...
+    alert = json.loads(extra[0])
+    assert alert["as_of_date"] == DRIFTED_DATE.isoformat()
+    assert "email_opens_30d" in {r["name"] for r in alert["reasons"] if r["check"] == "feature"}
+    assert "engagement_propensity" in alert["models"]
+    # ...and the scheduler has a train_models run queued for it.
+    assert queued == [("train_models",)]

@@ -64,7 +64,7 @@ def test_warehouse_writers_share_the_single_slot_pool(dag_bag: DagBag):
         for task_id in ("score_review_texts", "ensure_champions", "score", "publish")
     ]
     # A reader waits behind a writer of another process too (DuckDB: one writer or readers).
-    writers.append(dag.get_task("segment_report"))
+    writers += [dag.get_task("segment_report"), dag.get_task("monitor")]
     assert {t.pool for t in [ingest, *gates, *writers, *dbt_tasks]} == {WAREHOUSE_POOL}
     # Training writes the warehouse only when dbt builds missing snapshots.
     train = dag_bag.dags["train_models"]
@@ -86,6 +86,18 @@ def test_publishing_follows_scoring_and_its_gate(dag_bag: DagBag):
     }
 
 
+def test_the_monitor_follows_the_publication_and_only_its_alert_schedules_training(
+    dag_bag: DagBag,
+):
+    dag = dag_bag.dags["segment_pipeline"]
+    assert dag.get_task("monitor").upstream_task_ids == {"segment_report"}
+    alert = dag.get_task("drift_alert")
+    assert alert.upstream_task_ids == {"monitor"}
+    assert [a.name for a in alert.outlets] == ["drift_alert"]
+    emitters = {t.task_id for t in dag.tasks for a in t.outlets if a.name == "drift_alert"}
+    assert emitters == {"drift_alert"}
+
+
 def test_every_table_the_pipeline_produces_is_an_asset(dag_bag: DagBag):
     """The UI's lineage shows each table and file a run produces, from its producing task."""
     produced = {
@@ -102,6 +114,11 @@ def test_every_table_the_pipeline_produces_is_an_asset(dag_bag: DagBag):
         "published.customer_segments",
         "audience_exports",
         "segment_report",
+        "monitoring.drift_metrics",
+        "monitoring.model_performance",
+        "monitoring.drift_alerts",
+        "drift_report",
+        "drift_alert",
         "training_set",
         *(f"segflow_{kind}" for kind in ("personas", "churn_risk", "customer_value")),
     }
