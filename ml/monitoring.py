@@ -307,12 +307,11 @@ def _segment_mix_drift(
                 GROUP BY as_of_date, value""",
             [as_of, as_of, previous],
         ).df()
-        table = shares.pivot_table(
-            index="value", columns="is_current", values="share", aggfunc="sum", fill_value=0.0
-        )
+        categories = sorted(set(shares["value"]))
+        current = shares[shares["is_current"]].set_index("value")["share"]
+        today = current.reindex(categories, fill_value=0.0)
         earlier = shares[~shares["is_current"]].groupby("value")["share"].sum() / len(previous)
-        today = table.get(True, pd.Series(0.0, index=table.index))
-        earlier = earlier.reindex(table.index, fill_value=0.0)
+        earlier = earlier.reindex(categories, fill_value=0.0)
         value = drift.psi(earlier.to_numpy(), today.to_numpy())
         customers = con.execute(
             "SELECT count(*) FROM published.customer_segments WHERE as_of_date = ?", [as_of]

@@ -56,6 +56,11 @@ def test_landing_follows_an_overridden_data_dir(tmp_path: Path):
         ("SEGFLOW_AUTO_PROMOTE", "maybe", "expected true or false"),
         ("SEGFLOW_DEFAULT_SEND_HOUR", "25", "expected an hour of the day"),
         ("SEGFLOW_PROMOTION_TOLERANCE", "2", "must be between 0 and 1"),
+        ("SEGFLOW_DRIFT_PSI_ALERT", "high", "expected a number"),
+        ("SEGFLOW_DRIFT_PSI_ALERT", "0", "must be above 0"),
+        ("SEGFLOW_DRIFT_KS_ALERT", "1.2", "must be between 0 and 1"),
+        ("SEGFLOW_DRIFT_PSI_WARN", "0.3", "must not exceed the alert level"),
+        ("SEGFLOW_REALIZED_DROP_ALERT", "-0.1", "must be between 0 and 1"),
     ],
 )
 def test_a_wrong_value_names_the_variable(name: str, value: str, expected: str):

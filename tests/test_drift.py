@@ -84,3 +84,46 @@ def test_a_reference_profile_is_json_and_holds_no_row():
     assert "c1" not in text and "customer_id" not in text
     assert set(profile["features"]) == {"orders_30d", "country_code"}
     assert len(profile["scores"]["score"]["quantiles"]) == drift.KS_QUANTILES
+
+
+def test_segment_mix_is_compared_with_the_mean_shares_of_the_previous_runs(tmp_path):
+    import datetime as dt
+
+    import duckdb
+
+    from ml.config import load_settings
+    from ml.monitoring import _segment_mix_drift
+    from ml.score import ensure_segment_tables
+
+    mixes = {  # date -> (persona shares over 100 customers, personas version)
+        dt.date(2026, 7, 1): ({"a": 50, "b": 50}, 1),
+        dt.date(2026, 7, 2): ({"a": 70, "b": 30}, 2),
+        dt.date(2026, 7, 3): ({"a": 60, "b": 40}, 2),
+        dt.date(2026, 7, 4): ({"a": 20, "b": 70, "c": 10}, 2),
+    }
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    ensure_segment_tables(con, "published")
+    for date, (counts, version) in mixes.items():
+        for segment, n in counts.items():
+            con.execute(
+                f"""INSERT INTO published.customer_segments
+                        (customer_id, as_of_date, segment, rfm_segment, personas_model_version)
+                    SELECT 'c' || i, ?, ?, 'champions', ? FROM range({n}) t(i)""",
+                [date, segment, version],
+            )
+    notes: list[str] = []
+    thresholds = load_settings({}).monitoring
+    rows = _segment_mix_drift(con, dt.date(2026, 7, 4), {"personas": 2}, thresholds, notes)
+    by_name = {row["name"]: row for row in rows}
+    # Personas: only the earlier dates scored by the same version (2 July and 3 July).
+    expected = drift.psi(np.array([0.65, 0.35, 0.0]), np.array([0.2, 0.7, 0.1]))
+    assert by_name["segment"]["value"] == pytest.approx(expected)
+    assert by_name["segment"]["level"] == "alert"
+    assert (
+        "2 previous published dates (2026-07-02 to 2026-07-03)"
+        in by_name["segment"]["compared_with"]
+    )
+    # RFM segments: every earlier date, and the same single segment throughout.
+    assert by_name["rfm_segment"]["value"] == 0.0
+    assert "3 previous published dates" in by_name["rfm_segment"]["compared_with"]
+    assert notes == []

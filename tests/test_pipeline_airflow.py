@@ -239,7 +239,21 @@ def test_a_run_after_the_drift_date_raises_the_alert_that_schedules_train_models
     # The alert names the date, the drifted features and the models to retrain...
     alert = json.loads(extra[0])
     assert alert["as_of_date"] == DRIFTED_DATE.isoformat()
-    assert "email_opens_30d" in {r["name"] for r in alert["reasons"] if r["check"] == "feature"}
+    drifted = {r["name"] for r in alert["reasons"] if r["check"] == "feature"}
+    # Fewer opens (ml/synthetic.py), measured by the features that count and date them.
+    assert {"email_opens_30d", "days_since_last_open"} <= drifted, alert["reasons"]
+    opens = next(r for r in alert["reasons"] if r["name"] == "email_opens_30d")
+    assert opens["value"] >= opens["threshold"] == 0.25
     assert "engagement_propensity" in alert["models"]
     # ...and the scheduler has a train_models run queued for it.
     assert queued == [("train_models",)]
+    # The warehouse keeps the same verdict and reasons; the report shows them.
+    path = Path(airflow_env["SEGFLOW_DATA_DIR"]) / "warehouse.duckdb"
+    with duckdb.connect(str(path), read_only=True) as con:
+        raised, models, reasons, report = con.execute(
+            """SELECT raised, models, reasons, report FROM monitoring.drift_alerts
+               WHERE as_of_date = ?""",
+            [DRIFTED_DATE],
+        ).fetchone()
+    assert raised and models == alert["models"] and json.loads(reasons) == alert["reasons"]
+    assert "Drift alert" in Path(report).read_text()
