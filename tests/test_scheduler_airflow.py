@@ -39,7 +39,7 @@ AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 SERVICES = ("api-server", "scheduler", "dag-processor")
 DAG_IDS = ("segment_pipeline", "train_models")
 WAREHOUSE_POOL = "warehouse"
-BACKFILL_DATES = [TRAINED_AS_OF - dt.timedelta(days=days) for days in (2, 1, 0)]
+BACKFILL_DATES = [TRAINED_AS_OF - dt.timedelta(days=days) for days in (1, 0)]
 STACK_START_TIMEOUT_S = 180
 RUNS_TIMEOUT_S = 900
 FINISHED = {"success", "failed"}
