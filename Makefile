@@ -46,7 +46,7 @@ DBT_SOURCES := $(shell find dbt_project/models dbt_project/macros dbt_project/te
 	dbt_project/dbt_project.yml dbt_project/profiles.yml
 SCALE ?= 1000000
 
-.PHONY: help setup demo run backfill test test-fast lint format up down bench clean airflow-init dbt-docs
+.PHONY: help setup demo run backfill test test-fast lint format up down bench drift-check clean airflow-init dbt-docs
 
 help:
 	@echo "make demo                 set up, generate $(DEMO_CUSTOMERS) customers, run the pipeline through Airflow"
@@ -55,6 +55,7 @@ help:
 	@echo "make test                 all tests (make test-fast: without the slow end-to-end ones)"
 	@echo "make up / make down       Airflow UI and MLflow UI on 127.0.0.1"
 	@echo "make bench [SCALE=N]      benchmarks -> docs/benchmarks.md"
+	@echo "make drift-check          a month of daily drift monitoring, steady vs drifted -> docs/drift-check.md"
 	@echo "make lint / make format   ruff"
 
 setup: $(INSTALLED) $(DBT_MANIFEST)
@@ -198,6 +199,9 @@ dbt-docs: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/run.py --customers $(SCALE)
+
+drift-check: $(INSTALLED) $(DBT_MANIFEST)
+	$(BIN)/python bench/drift_check.py
 
 clean:
 	rm -rf $(SEGFLOW_DATA_DIR) $(AIRFLOW_HOME)

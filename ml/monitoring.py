@@ -360,6 +360,7 @@ def realized_metrics(kind: str, outcomes: pd.DataFrame) -> tuple[dict[str, float
     """The metrics of REALIZED_METRICS[kind] on matured outcomes, and the customers they cover
     (churn: active customers with a churn score)."""
     from ml import evaluate
+
     column = SCORE_COLUMNS[kind]
     rows = outcomes[outcomes[column].notna()]
     if kind == "churn_risk":
