@@ -329,7 +329,10 @@ def _segment_mix_drift(
                 "warn_at": thresholds.psi_warn,
                 "alert_at": thresholds.psi_alert,
                 "level": level(value, thresholds.psi_warn, thresholds.psi_alert),
-                "compared_with": f"mean shares of {len(previous)} previous published dates ({span})",
+                "compared_with": (
+                    f"mean shares of {len(previous)} previous published "
+                    f"date{'s' if len(previous) > 1 else ''} ({span})"
+                ),
                 "rows": customers,
             }
         )
@@ -602,6 +605,7 @@ def _feature_table(drift_metrics: pd.DataFrame, check: str) -> pd.DataFrame:
         values="value",
         aggfunc="first",
     ).reset_index()
+    wide["model_version"] = wide["model_version"].astype(int)
     levels = rows.groupby(["name", "model_kind"])["level"].agg(lambda x: _worst(list(x)))
     wide["level"] = [levels[(n, k)] for n, k in zip(wide["name"], wide["model_kind"], strict=True)]
     if "ks" not in wide:
