@@ -111,16 +111,16 @@ def train_models():
     def models_to_train(params=None, triggering_asset_events=None) -> list[str]:
         import logging
 
+        from ml.monitoring import describe
+
         drift = drift_request(triggering_asset_events)
         if drift is None:
             return list(params["models"])
         logging.getLogger(__name__).warning(
-            "retraining %s on the drift alert of %s: %s",
+            "retraining %s on the drift alert of %s:\n  %s",
             ", ".join(drift["models"]),
             drift["as_of_date"],
-            "; ".join(
-                f"{r['check']} {r['name']} {r['statistic']} {r['value']}" for r in drift["reasons"]
-            ),
+            "\n  ".join(map(describe, drift["reasons"])),
         )
         return [kind for kind in drift["models"] if kind in params["models"]]
 

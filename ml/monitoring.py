@@ -41,19 +41,12 @@ import pandas as pd
 
 from ml import drift
 from ml.config import MonitoringSettings, Settings
+from ml.score import OUTPUT_COLUMNS
 from ml.warehouse import connect, table_exists
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "segflow-monitoring"
-SCORE_COLUMNS = {
-    "personas": "segment",
-    "purchase_propensity": "purchase_propensity",
-    "churn_risk": "churn_risk",
-    "engagement_propensity": "engagement_propensity",
-    "customer_value": "predicted_clv",
-}
-"""The published column holding each model's output."""
 MIX_COLUMNS = {"segment": "personas", "rfm_segment": None}
 """Segment columns whose mix is watched, and the model whose version must match to compare."""
 LEVELS = ("ok", "warn", "alert")
@@ -238,7 +231,7 @@ def _reference_drift(
         [as_of],
     ).df()
     scores = con.execute(
-        f"SELECT {', '.join(SCORE_COLUMNS.values())} FROM published.customer_segments "
+        f"SELECT {', '.join(OUTPUT_COLUMNS.values())} FROM published.customer_segments "
         "WHERE as_of_date = ?",
         [as_of],
     ).df()
@@ -285,6 +278,9 @@ def _segment_mix_drift(
 ) -> list[dict]:
     """Each segment column's shares on the date against their mean over the previous runs."""
     rows: list[dict] = []
+    customers = con.execute(
+        "SELECT count(*) FROM published.customer_segments WHERE as_of_date = ?", [as_of]
+    ).fetchone()[0]
     for column, model in MIX_COLUMNS.items():
         same_version = f"AND {model}_model_version = {versions[model]}" if model in versions else ""
         previous = [
@@ -313,9 +309,6 @@ def _segment_mix_drift(
         earlier = shares[~shares["is_current"]].groupby("value")["share"].sum() / len(previous)
         earlier = earlier.reindex(categories, fill_value=0.0)
         value = drift.psi(earlier.to_numpy(), today.to_numpy())
-        customers = con.execute(
-            "SELECT count(*) FROM published.customer_segments WHERE as_of_date = ?", [as_of]
-        ).fetchone()[0]
         span = f"{min(previous)} to {max(previous)}" if len(previous) > 1 else str(previous[0])
         rows.append(
             {
@@ -364,7 +357,7 @@ def realized_metrics(kind: str, outcomes: pd.DataFrame) -> tuple[dict[str, float
     (churn: active customers with a churn score)."""
     from ml import evaluate
 
-    column = SCORE_COLUMNS[kind]
+    column = OUTPUT_COLUMNS[kind]
     rows = outcomes[outcomes[column].notna()]
     if kind == "churn_risk":
         rows = rows[rows["was_active"].astype(bool)]

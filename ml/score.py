@@ -80,6 +80,14 @@ DATED_TABLES = {
     "audience_definitions": DEFINITIONS_COLUMNS,
 }
 PROBABILITY_KINDS = ("purchase_propensity", "churn_risk", "engagement_propensity")
+OUTPUT_COLUMNS = {
+    "personas": "segment",
+    "purchase_propensity": "purchase_propensity",
+    "churn_risk": "churn_risk",
+    "engagement_propensity": "engagement_propensity",
+    "customer_value": "predicted_clv",
+}
+"""The customer_segments column holding each model's output."""
 
 
 class ScoringError(RuntimeError):

@@ -64,6 +64,7 @@ from sklearn.preprocessing import OrdinalEncoder, StandardScaler
 
 from ml import drift, evaluate, personas, registry
 from ml.config import PROJECT_DIR, Settings
+from ml.score import OUTPUT_COLUMNS
 from ml.training_sets import LABEL_COLUMNS, TrainingSet, build_training_set, load_training_set
 
 log = logging.getLogger(__name__)
@@ -389,19 +390,20 @@ def _drift_reference(kind: str, trained: Trained, ts: TrainingSet) -> dict:
     rows = ts.drift_reference
     rows = rows.iloc[personas.sample_rows(len(rows), DRIFT_REFERENCE_ROWS)]
     x = rows[trained.features]
+    column = OUTPUT_COLUMNS[kind]
     if kind == "personas":
         labels = trained.model.predict(x)
-        outputs = {"segment": pd.Series([trained.persona_names[int(label)] for label in labels])}
+        output = pd.Series([trained.persona_names[int(label)] for label in labels])
     elif kind == "customer_value":
-        outputs = {"predicted_clv": pd.Series(np.clip(trained.model.predict(x), 0, None))}
+        output = pd.Series(np.clip(trained.model.predict(x), 0, None))
     else:
         # Churn risk is scored for active customers only (ml/score.py).
         scored = x[rows["orders_365d"] > 0] if kind == "churn_risk" else x
-        outputs = {kind: pd.Series(trained.model.predict_proba(scored)[:, 1])}
+        output = pd.Series(trained.model.predict_proba(scored)[:, 1])
     return drift.reference_profile(
         rows,
         trained.features,
-        outputs,
+        {column: output},
         f"customer_features as of {ts.manifest['as_of']} ({len(rows):,} customers)",
     )
 

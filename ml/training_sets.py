@@ -191,29 +191,6 @@ def _build_snapshots(settings: Settings, snapshots: list[dt.date]) -> None:
     )
 
 
-def _build_features_only(settings: Settings, as_of: dt.date) -> None:
-    """customer_features as of the training date (its labels lie in the future)."""
-    from ml.features import dbt_vars, run_dbt_commands
-    from ml.text_signal import score_review_sentiment
-
-    log.info("building the features as of %s for the drift reference", as_of)
-    score_review_sentiment(settings, as_of)
-    run_dbt_commands(
-        settings,
-        [
-            [
-                "build",
-                "--select",
-                "customer_features",
-                "--exclude-resource-type",
-                "unit_test",
-                "--vars",
-                dbt_vars(settings, as_of),
-            ]
-        ],
-    )
-
-
 def _export(
     settings: Settings, snapshots: list[dt.date], as_of: dt.date, out: Path
 ) -> dict[str, dict]:
@@ -285,7 +262,10 @@ def build_training_set(settings: Settings, as_of: dt.date) -> Path:
     if missing:
         _build_snapshots(settings, missing)
     if as_of not in featured:
-        _build_features_only(settings, as_of)
+        from ml.features import build_features
+
+        # The drift reference: the features of the training date (its labels lie ahead).
+        build_features(settings, as_of, select="customer_features")
 
     # Written next to the final folder and swapped in, so a reader never sees half a set.
     out = training_set_dir(settings, as_of)
