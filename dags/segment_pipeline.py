@@ -33,7 +33,9 @@ The daily run of segflow for one as-of date (the day of the run's logical date, 
     (a backfill records its alerts but retrains nothing).
 
 Every task that opens the warehouse runs in the `warehouse` pool (one slot), shared with
-train_models: DuckDB allows one writing process, and no reader beside it. Re-running a date gives the same tables and byte-identical exports.
+train_models: DuckDB allows one writing process, and no reader beside it. Under Celery these
+tasks go to the `warehouse` queue, which one worker serves. Re-running a date gives the same
+tables and byte-identical exports.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ from ml.orchestration import (
     SEGMENT_REPORT,
     STAGED_SEGMENTS,
     VALIDATION_RESULTS,
-    WAREHOUSE_POOL,
+    WAREHOUSE_TASK,
     as_of_param,
     resolve_as_of,
 )
@@ -85,7 +87,7 @@ SETTINGS = load_settings()
     doc_md=__doc__,
 )
 def segment_pipeline():
-    @task(pool=WAREHOUSE_POOL, outlets=RAW_TABLES)
+    @task(**WAREHOUSE_TASK, outlets=RAW_TABLES)
     def ingest(params=None, data_interval_start=None, logical_date=None) -> str:
         """Load new landing files up to the as-of date into raw; quarantine bad rows.
         Returns the load time that marks this run's files, for the raw gate."""
@@ -96,7 +98,7 @@ def segment_pipeline():
         )
         return report.loaded_at.isoformat()
 
-    @task(pool=WAREHOUSE_POOL, retries=0, outlets=[VALIDATION_RESULTS])
+    @task(**WAREHOUSE_TASK, retries=0, outlets=[VALIDATION_RESULTS])
     def raw_gate(loaded_at: str, params=None, data_interval_start=None, logical_date=None) -> None:
         """Quarantine share and the raw suites on this run's rows: a failure stops the run.
         No retries: the same data fails the same way."""
@@ -109,7 +111,7 @@ def segment_pipeline():
         )
 
     # The marts' assets are updated here: dbt built them, this gate passed them.
-    @task(pool=WAREHOUSE_POOL, retries=0, outlets=[VALIDATION_RESULTS, *FEATURE_MARTS])
+    @task(**WAREHOUSE_TASK, retries=0, outlets=[VALIDATION_RESULTS, *FEATURE_MARTS])
     def features_gate(params=None, data_interval_start=None, logical_date=None) -> None:
         """The customer_features suite for the date: a failure stops the run."""
         from ml.quality import run_features_gate
@@ -118,7 +120,7 @@ def segment_pipeline():
             load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
         )
 
-    @task(pool=WAREHOUSE_POOL, outlets=[REVIEW_SENTIMENT])
+    @task(**WAREHOUSE_TASK, outlets=[REVIEW_SENTIMENT])
     def score_review_texts(params=None, data_interval_start=None, logical_date=None) -> int:
         """Score review texts written up to the as-of date that have no score yet."""
         from ml.text_signal import score_review_sentiment
@@ -153,7 +155,7 @@ def segment_pipeline():
             test_behavior=TestBehavior.AFTER_ALL,
         ),
         operator_args={
-            "pool": WAREHOUSE_POOL,
+            **WAREHOUSE_TASK,
             "env": dbt_environment(SETTINGS),
             "append_env": True,
             "vars": {
@@ -164,7 +166,7 @@ def segment_pipeline():
         default_args=DEFAULT_ARGS,
     )
 
-    @task(pool=WAREHOUSE_POOL, outlets=REGISTERED_MODELS)
+    @task(**WAREHOUSE_TASK, outlets=REGISTERED_MODELS)
     def ensure_champions(params=None, data_interval_start=None, logical_date=None) -> list[str]:
         """Cold start: train the models when any has no champion yet. Returns what was missing."""
         from ml.train import ensure_champions
@@ -173,7 +175,7 @@ def segment_pipeline():
             load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
         )
 
-    @task(pool=WAREHOUSE_POOL, inlets=[*FEATURE_MARTS, *REGISTERED_MODELS], outlets=STAGED_SEGMENTS)
+    @task(**WAREHOUSE_TASK, inlets=[*FEATURE_MARTS, *REGISTERED_MODELS], outlets=STAGED_SEGMENTS)
     def score(params=None, data_interval_start=None, logical_date=None) -> int:
         """Score the date's customers with the champions into staging.customer_segments."""
         from ml.score import score_customers
@@ -182,7 +184,7 @@ def segment_pipeline():
             load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
         )
 
-    @task(pool=WAREHOUSE_POOL, retries=0, outlets=[VALIDATION_RESULTS])
+    @task(**WAREHOUSE_TASK, retries=0, outlets=[VALIDATION_RESULTS])
     def segments_gate(params=None, data_interval_start=None, logical_date=None) -> None:
         """The customer_segments suite on the staged rows: a failure stops the publish."""
         from ml.quality import run_segments_gate
@@ -191,7 +193,7 @@ def segment_pipeline():
             load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
         )
 
-    @task(pool=WAREHOUSE_POOL, outlets=[*PUBLISHED_SEGMENTS, AUDIENCE_EXPORTS])
+    @task(**WAREHOUSE_TASK, outlets=[*PUBLISHED_SEGMENTS, AUDIENCE_EXPORTS])
     def publish(params=None, data_interval_start=None, logical_date=None, run_id=None) -> dict:
         """Swap the gated rows into published.customer_segments and move the exports in place."""
         from ml.publish import publish_segments
@@ -204,7 +206,7 @@ def segment_pipeline():
         )
 
     # It only reads the warehouse, but DuckDB lets no other process read while one writes.
-    @task(pool=WAREHOUSE_POOL, outlets=[SEGMENT_REPORT])
+    @task(**WAREHOUSE_TASK, outlets=[SEGMENT_REPORT])
     def segment_report(params=None, data_interval_start=None, logical_date=None) -> str:
         """The run's segment report (HTML under the reports folder, and in MLflow)."""
         from ml.segment_report import write_segment_report
@@ -215,7 +217,7 @@ def segment_pipeline():
             )
         )
 
-    @task(pool=WAREHOUSE_POOL, outlets=[*MONITORING_TABLES, DRIFT_REPORT])
+    @task(**WAREHOUSE_TASK, outlets=[*MONITORING_TABLES, DRIFT_REPORT])
     def monitor(params=None, data_interval_start=None, logical_date=None) -> dict:
         """Drift and realized performance for the date; returns the alert (empty reasons: none)."""
         from ml.monitoring import monitor

@@ -35,7 +35,7 @@ from ml.orchestration import (
     MODEL_KINDS,
     REGISTERED_MODELS,
     TRAINING_SET,
-    WAREHOUSE_POOL,
+    WAREHOUSE_TASK,
     as_of_param,
     drift_request,
     resolve_as_of,
@@ -67,7 +67,7 @@ from ml.orchestration import (
     doc_md=__doc__,
 )
 def train_models():
-    @task(pool=WAREHOUSE_POOL, inlets=FEATURE_MARTS, outlets=[TRAINING_SET])
+    @task(**WAREHOUSE_TASK, inlets=FEATURE_MARTS, outlets=[TRAINING_SET])
     def build_training_set(
         params=None, data_interval_start=None, logical_date=None, triggering_asset_events=None
     ) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ml.audiences import AudienceError
-from ml.config import ConfigError, load_settings
+from ml.config import ConfigError, load_settings, without_password
 from ml.features import FeatureBuildError
 from ml.ingest import ContractViolation
 from ml.monitoring import MonitoringError
@@ -193,12 +193,20 @@ def cmd_config(args: argparse.Namespace) -> None:
         print(getattr(settings, args.get))
         return
     for name in SHOWN_SETTINGS:
-        print(f"{name:<20} {getattr(settings, name)}")
+        value = getattr(settings, name)
+        shown = without_password(value) if name == "mlflow_tracking_uri" else value
+        print(f"{name:<20} {shown}")
     webhook = settings.alerts.webhook_url
     # Only where alerts go, never the whole URL: a webhook's path often carries its token.
     shown = f"{urlsplit(webhook).scheme}://{urlsplit(webhook).hostname}/..." if webhook else "-"
     print(f"{'alert_webhook':<20} {shown}")
     print(f"{'alert_emails':<20} {', '.join(settings.alerts.emails) or '-'}")
+
+
+def cmd_tracking_server(args: argparse.Namespace) -> None:
+    from ml.tracking_server import start
+
+    start(args.host, args.port, args.workers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,6 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="print the settings in force")
     config.add_argument("--get", choices=SHOWN_SETTINGS, help="print only this setting's value")
     config.set_defaults(handler=cmd_config)
+
+    server = commands.add_parser(
+        "tracking-server",
+        help="the production stack's MLflow server: Postgres, served artifacts, basic auth",
+    )
+    server.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    server.add_argument("--port", type=int, default=5000)
+    server.add_argument("--workers", type=int, default=2, help="server processes")
+    server.set_defaults(handler=cmd_tracking_server)
     return parser
 
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -293,6 +293,16 @@ def _email_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
                 "(expected comma-separated addresses, e.g. data-team@example.com,oncall@example.com)"
             )
     return addresses
+
+
+def without_password(uri: str) -> str:
+    """`uri` as it may be shown or logged: a password in it (postgresql://user:secret@host/db)
+    becomes ***."""
+    parts = urlsplit(uri)
+    if not parts.password:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:

@@ -1,4 +1,4 @@
-"""What every segflow DAG shares: the warehouse pool, retry policy and failure alerts, the
+"""What every segflow DAG shares: the warehouse pool and queue, retry policy and failure alerts, the
 assets that show lineage in the UI, and the run's as-of date.
 
 Kept free of heavy imports: DAG files import this at parse time.
@@ -18,6 +18,12 @@ from ml.contract import ENTITIES
 WAREHOUSE_POOL = "warehouse"
 """Pool of size 1: DuckDB allows one writing process, so every task that writes the
 warehouse, in any DAG, takes this pool's only slot."""
+WAREHOUSE_QUEUE = "warehouse"
+"""The Celery queue of those tasks. In the production stack (docker-compose.yml) one worker
+serves it, so the warehouse file is written from one place however many workers train models.
+Executors without queues (LocalExecutor, `airflow dags test`) ignore it."""
+WAREHOUSE_TASK: dict[str, str] = {"pool": WAREHOUSE_POOL, "queue": WAREHOUSE_QUEUE}
+"""The arguments of every task that opens the warehouse: `@task(**WAREHOUSE_TASK, ...)`."""
 
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "segflow",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ml.config import Settings
+from ml.config import Settings, without_password
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -252,7 +252,7 @@ def load_champion(settings: Settings, kind: str) -> ChampionModel:
     version = alias_version(settings, kind, CHAMPION)
     if version is None:
         raise NoChampion(
-            f"{registered_name(kind)} has no champion in {settings.mlflow_tracking_uri}: run "
+            f"{registered_name(kind)} has no champion in {without_password(settings.mlflow_tracking_uri)}: run "
             "train_models (segflow train --as-of YYYY-MM-DD, or the train_models DAG) first"
         )
     return load_version(settings, kind, version)

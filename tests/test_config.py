@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from ml.config import PROJECT_DIR, ConfigError, load_settings
+from ml.config import PROJECT_DIR, ConfigError, load_settings, without_password
 
 
 def test_defaults_live_inside_the_project():
@@ -100,3 +100,47 @@ def test_model_and_publishing_settings_have_overrides(tmp_path: Path):
 def test_an_audiences_path_that_is_a_directory_is_refused(tmp_path: Path):
     with pytest.raises(ConfigError, match="SEGFLOW_AUDIENCES_PATH"):
         load_settings({"SEGFLOW_AUDIENCES_PATH": str(tmp_path)})
+
+
+def test_a_uri_is_shown_without_its_password():
+    assert (
+        without_password("postgresql+psycopg2://mlflow:s3cret@postgres:5432/mlflow")
+        == "postgresql+psycopg2://mlflow:***@postgres:5432/mlflow"
+    )
+    for uri in ("http://mlflow:5000", "sqlite:////data/mlflow/mlflow.db", "http://user@host"):
+        assert without_password(uri) == uri
+
+
+TRACKING_SERVER_ENV = {
+    "MLFLOW_BACKEND_STORE_URI": "postgresql+psycopg2://mlflow:pa%ss@postgres:5432/mlflow",
+    "MLFLOW_ARTIFACTS_DESTINATION": "/mlflow/artifacts",
+    "MLFLOW_AUTH_ADMIN_USERNAME": "segflow",
+    "MLFLOW_AUTH_ADMIN_PASSWORD": "a-long-admin-password",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY": "flask-secret",
+    "SEGFLOW_MLFLOW_ALLOWED_HOSTS": "mlflow:5000,127.0.0.1:5000",
+}
+
+
+@pytest.mark.parametrize("missing", sorted(TRACKING_SERVER_ENV))
+def test_the_tracking_server_does_not_start_without_each_variable(missing: str):
+    from ml.tracking_server import start
+
+    env = {**TRACKING_SERVER_ENV, missing: " "}
+    with pytest.raises(ConfigError, match=f"{missing}: "):
+        start("127.0.0.1", 5000, 1, env=env)
+
+
+def test_the_tracking_server_keeps_the_database_password_off_its_command_line():
+    import configparser
+
+    from ml.tracking_server import auth_config, server_command
+
+    command = " ".join(server_command(TRACKING_SERVER_ENV, "0.0.0.0", 5000, 2))
+    assert "pa%ss" not in command
+    for option in ("--app-name basic-auth", "--serve-artifacts", "--allowed-hosts mlflow:5000,"):
+        assert option in command
+    # The users live in the same database; a % in its password survives configparser.
+    config = configparser.ConfigParser()
+    config.read_string(auth_config(TRACKING_SERVER_ENV))
+    assert config["mlflow"]["database_uri"] == TRACKING_SERVER_ENV["MLFLOW_BACKEND_STORE_URI"]
+    assert config["mlflow"]["default_permission"] == "READ"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 
-from ml.orchestration import DAG_TAGS, WAREHOUSE_POOL
+from ml.orchestration import DAG_TAGS, WAREHOUSE_POOL, WAREHOUSE_QUEUE
 
 DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
 DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
@@ -65,11 +65,17 @@ def test_warehouse_writers_share_the_single_slot_pool(dag_bag: DagBag):
     ]
     # A reader waits behind a writer of another process too (DuckDB: one writer or readers).
     writers += [dag.get_task("segment_report"), dag.get_task("monitor")]
-    assert {t.pool for t in [ingest, *gates, *writers, *dbt_tasks]} == {WAREHOUSE_POOL}
+    warehouse_tasks = [ingest, *gates, *writers, *dbt_tasks]
+    assert {t.pool for t in warehouse_tasks} == {WAREHOUSE_POOL}
+    # Under Celery, one worker serves the queue of the tasks that open the warehouse.
+    assert {t.queue for t in warehouse_tasks} == {WAREHOUSE_QUEUE}
     # Training writes the warehouse only when dbt builds missing snapshots.
     train = dag_bag.dags["train_models"]
     assert train.get_task("build_training_set").pool == WAREHOUSE_POOL
+    assert train.get_task("build_training_set").queue == WAREHOUSE_QUEUE
+    # Models train on any worker, from the training set's files.
     assert train.get_task("train_model").pool != WAREHOUSE_POOL
+    assert train.get_task("train_model").queue != WAREHOUSE_QUEUE
 
 
 def test_publishing_follows_scoring_and_its_gate(dag_bag: DagBag):
