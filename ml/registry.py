@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,11 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
+
+# skops finds a function's module by looking the function up in every imported module. In an
+# Airflow task those include Airflow's deprecated aliases, and each lookup warns: some 1,100
+# log lines per logged model, none of them about segflow.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"skops\.io\._utils")
 
 MODEL_KINDS: tuple[str, ...] = (
     "personas",

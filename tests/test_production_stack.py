@@ -108,22 +108,20 @@ CONTAINER_SETTINGS = {
 value from .env: the test gives each a local equivalent. Every other setting is used as is."""
 
 
-def interpolated(value: str, variables: dict[str, str]) -> str:
-    """A compose value with ${NAME:-default} and ${NAME:?message} filled in from `variables`
-    (the defaults where they are not given) and $$ as $."""
+def interpolated(value: str) -> str:
+    """A compose value with each ${NAME:-default} as its default and $$ as $. A required
+    ${NAME:?message} is a setting the test must give a local equivalent of instead."""
 
     def fill(match: re.Match) -> str:
-        name, operator, rest = match.group(1), match.group(2), match.group(3)
-        if name in variables:
-            return variables[name]
-        assert operator == ":-", f"${{{name}}} is required by the compose file but not given"
-        return rest
+        name, operator, default = match.groups()
+        assert operator == ":-", f"${{{name}}} is required by the compose file: give it locally"
+        return default
 
     return re.sub(r"(?<!\$)\$\{(\w+)(:[-?])?([^}]*)\}", fill, value).replace("$$", "$")
 
 
-def compose_command(service: str, variables: dict[str, str]) -> list[str]:
-    return [interpolated(part, variables) for part in COMPOSE["services"][service]["command"]]
+def compose_command(service: str) -> list[str]:
+    return [interpolated(part) for part in COMPOSE["services"][service]["command"]]
 
 
 def tail(path: Path, chars: int = 4000) -> str:
@@ -205,6 +203,8 @@ class ProductionStack:
     home: Path
     mlflow_artifacts: Path
     secrets: dict[str, str]
+    database_prefix: str
+    """The names of the Postgres databases this stack made start with it; so do a test's own."""
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     token: str = ""
 
@@ -483,11 +483,12 @@ def stack(
             home=root / "airflow",
             mlflow_artifacts=root / "mlflow-artifacts",
             secrets=generated,
+            database_prefix=prefix,
         )
         try:
             started = time.monotonic()
             init = subprocess.run(
-                compose_command("airflow-init", {}),
+                compose_command("airflow-init"),
                 env=env,
                 capture_output=True,
                 text=True,
@@ -509,7 +510,7 @@ def stack(
                 "MLFLOW_FLASK_SERVER_SECRET_KEY": generated["mlflow_flask"],
                 "SEGFLOW_MLFLOW_ALLOWED_HOSTS": f"127.0.0.1:{mlflow_port},localhost:{mlflow_port}",
             }
-            server = compose_command("mlflow", {})
+            server = compose_command("mlflow")
             assert server[:2] == ["segflow", "tracking-server"], server
             stack.processes["mlflow"] = start(
                 "mlflow",
@@ -525,7 +526,7 @@ def stack(
                 run_dir,
             )
             for service in AIRFLOW_SERVICES:
-                command = compose_command(service, {})
+                command = compose_command(service)
                 # Two workers on one host: each its own log server port.
                 service_env = {**env, "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())}
                 stack.processes[service] = start(service, command, service_env, run_dir)
@@ -695,7 +696,7 @@ def test_c_a_backfill_publishes_what_single_runs_of_its_dates_publish(
     single_home, single_data = root / "single-airflow", root / "single-data"
     shutil.copytree(trained_settings.data_dir, single_data, ignore=shutil.ignore_patterns("mlflow"))
     single_logs = [single_home / f"dags-test-{date}.log" for date in BACKFILL_DATES]
-    with fresh_databases(f"{root.name}_single", ("airflow",)) as databases:
+    with fresh_databases(f"{stack.database_prefix}_single", ("airflow",)) as databases:
         single_env = {
             **stack.env,
             "AIRFLOW_HOME": str(single_home),
