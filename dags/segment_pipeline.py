@@ -169,11 +169,18 @@ def segment_pipeline():
     @task(**WAREHOUSE_TASK, outlets=REGISTERED_MODELS)
     def ensure_champions(params=None, data_interval_start=None, logical_date=None) -> list[str]:
         """Cold start: train the models when any has no champion yet. Returns what was missing."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from ml.registry import NoChampion
         from ml.train import ensure_champions
 
-        return ensure_champions(
-            load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
-        )
+        try:
+            return ensure_champions(
+                load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
+            )
+        except NoChampion as error:
+            # Training again on the same data fails the same way: no retry, no more versions.
+            raise AirflowFailException(str(error)) from error
 
     @task(**WAREHOUSE_TASK, inlets=[*FEATURE_MARTS, *REGISTERED_MODELS], outlets=STAGED_SEGMENTS)
     def score(params=None, data_interval_start=None, logical_date=None) -> int:

@@ -206,3 +206,22 @@ def test_parsing_a_dag_file_imports_no_heavy_library(path: Path, dbt_manifest: P
         [sys.executable, "-c", probe, str(path)], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip().splitlines()[-1] == "loaded heavy: []"
+
+
+def test_a_cold_start_without_a_passing_model_fails_without_retrying(
+    dag_bag: DagBag, monkeypatch: pytest.MonkeyPatch
+):
+    """Training again on the same data fails the same way: the task fails for good
+    (AirflowFailException skips the retries) instead of registering more losing versions."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    import ml.train
+    from ml.registry import NoChampion
+
+    def nothing_beats_its_baseline(settings, as_of):
+        raise NoChampion(f"cold start as of {as_of}: no champion after training")
+
+    monkeypatch.setattr(ml.train, "ensure_champions", nothing_beats_its_baseline)
+    task = dag_bag.dags["segment_pipeline"].get_task("ensure_champions")
+    with pytest.raises(AirflowFailException, match="no champion after training"):
+        task.python_callable(params={"as_of_date": "2026-06-30"})
