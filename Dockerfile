@@ -13,16 +13,12 @@ RUN useradd --uid 50000 --gid 0 --home-dir /opt/airflow --create-home segflow \
     && mkdir -p /opt/segflow /data /opt/airflow/logs /mlflow/artifacts \
     && chown segflow:0 /opt/segflow /data /opt/airflow/logs /mlflow/artifacts
 
+# Telemetry is switched off by docker-compose.yml's environment and by segflow itself
+# (ml/__init__.py), not here.
 ENV PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/segflow/.venv \
     PATH=/opt/segflow/.venv/bin:$PATH \
-    AIRFLOW_HOME=/opt/airflow \
-    DO_NOT_TRACK=true \
-    AIRFLOW__USAGE_DATA_COLLECTION__ENABLED=False \
-    AIRFLOW__COSMOS__ENABLE_TELEMETRY=False \
-    MLFLOW_DISABLE_TELEMETRY=true \
-    GX_ANALYTICS_ENABLED=false \
-    DBT_SEND_ANONYMOUS_USAGE_STATS=false
+    AIRFLOW_HOME=/opt/airflow
 
 USER segflow
 WORKDIR /opt/segflow

@@ -257,8 +257,9 @@ def load_champion(settings: Settings, kind: str) -> ChampionModel:
     """The model `models:/segflow_<kind>@champion`; NoChampion when there is none yet."""
     version = alias_version(settings, kind, CHAMPION)
     if version is None:
+        registry = without_password(settings.mlflow_tracking_uri)
         raise NoChampion(
-            f"{registered_name(kind)} has no champion in {without_password(settings.mlflow_tracking_uri)}: run "
+            f"{registered_name(kind)} has no champion in {registry}: run "
             "train_models (segflow train --as-of YYYY-MM-DD, or the train_models DAG) first"
         )
     return load_version(settings, kind, version)

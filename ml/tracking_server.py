@@ -47,10 +47,6 @@ request pays a password hash (logging one model is dozens of requests); the pric
 changed or revoked password may still work on other server processes for this long."""
 
 
-def missing_variables(env: Mapping[str, str]) -> list[str]:
-    return [name for name in REQUIRED_VARIABLES if not env.get(name, "").strip()]
-
-
 def auth_config(env: Mapping[str, str]) -> str:
     """MLflow's basic-auth configuration: its users live in the server's database (their own
     tables and migration history); the admin's name and password are read from the
@@ -91,7 +87,7 @@ def start(host: str, port: int, workers: int, env: Mapping[str, str] | None = No
     """Check the environment, write the auth configuration where only this user can read it,
     and replace this process with the server."""
     env = dict(os.environ if env is None else env)
-    missing = missing_variables(env)
+    missing = [name for name in REQUIRED_VARIABLES if not env.get(name, "").strip()]
     if missing:
         raise ConfigError(
             "the tracking server needs these environment variables (see .env.example): "

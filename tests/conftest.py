@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -20,6 +21,11 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 from ml.config import Settings, load_settings  # noqa: E402
 from ml.features import DBT_PROJECT_DIR, run_dbt  # noqa: E402
 from ml.synthetic import generate  # noqa: E402
+
+COMPOSE_TEXT = (PROJECT_DIR / "docker-compose.yml").read_text()
+COMPOSE_VARIABLE = re.compile(r"(?<!\$)\$\{(\w+)(:[-?])?([^}]*)\}")
+"""A ${NAME}, ${NAME:-default} or ${NAME:?message} that compose fills in from the environment
+(name, operator, default or message); $${NAME} is left to the container's shell."""
 
 SAMPLE_END = dt.date(2026, 6, 30)
 TRAINED_AS_OF = dt.date(2026, 6, 30)

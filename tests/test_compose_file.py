@@ -9,17 +9,15 @@ import pytest
 import yaml
 
 from ml.orchestration import WAREHOUSE_QUEUE
-from tests.conftest import PROJECT_DIR
+from tests.conftest import COMPOSE_TEXT, PROJECT_DIR
+from tests.conftest import COMPOSE_VARIABLE as VARIABLE
 
-COMPOSE_TEXT = (PROJECT_DIR / "docker-compose.yml").read_text()
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES = COMPOSE["services"]
 ENV_EXAMPLE = (PROJECT_DIR / ".env.example").read_text()
 LONG_RUNNING = sorted(name for name, service in SERVICES.items() if name != "airflow-init")
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|_KEY$|TOKEN")
 CONNECTION_NAME = re.compile(r"SQL_ALCHEMY_CONN|RESULT_BACKEND|BROKER_URL|STORE_URI")
-# ${NAME...} that compose fills in; $${NAME} is left to the container's shell.
-VARIABLE = re.compile(r"(?<!\$)\$\{(\w+)(:[-?])?([^}]*)\}")
 
 
 def environment(service: dict) -> dict[str, str]:
@@ -155,7 +153,7 @@ def test_the_mlflow_server_serves_artifacts_behind_a_login_for_named_hosts():
 
 def test_every_library_telemetry_is_off_in_every_airflow_service():
     airflow_env = COMPOSE["x-airflow-common-env"]
-    assert airflow_env["AIRFLOW__USAGE_DATA_COLLECTION__ENABLED"] == "False"
+    assert airflow_env["SCARF_NO_ANALYTICS"] == "true"  # Cosmos reads it too
     assert airflow_env["AIRFLOW__COSMOS__ENABLE_TELEMETRY"] == "False"
     assert airflow_env["MLFLOW_DISABLE_TELEMETRY"] == "true"
     assert airflow_env["GX_ANALYTICS_ENABLED"] == "false"

@@ -33,6 +33,7 @@ is one the test asked for, which the tests check.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import json
@@ -60,12 +61,19 @@ import yaml
 
 from ml.config import Settings
 from ml.orchestration import MODEL_KINDS, WAREHOUSE_POOL, WAREHOUSE_QUEUE
-from tests.conftest import PROJECT_DIR, TRAINED_AS_OF, free_port, processes_with_env
+from tests.conftest import (
+    COMPOSE_TEXT,
+    COMPOSE_VARIABLE,
+    PROJECT_DIR,
+    TRAINED_AS_OF,
+    free_port,
+    processes_with_env,
+)
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 AIRFLOW = str(BIN / "airflow")
-COMPOSE = yaml.safe_load((PROJECT_DIR / "docker-compose.yml").read_text())
+COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 REDIS = ("127.0.0.1", 6379)
 AIRFLOW_SERVICES = tuple(
@@ -117,7 +125,7 @@ def interpolated(value: str) -> str:
         assert operator == ":-", f"${{{name}}} is required by the compose file: give it locally"
         return default
 
-    return re.sub(r"(?<!\$)\$\{(\w+)(:[-?])?([^}]*)\}", fill, value).replace("$$", "$")
+    return COMPOSE_VARIABLE.sub(fill, value).replace("$$", "$")
 
 
 def compose_command(service: str) -> list[str]:
@@ -188,8 +196,6 @@ def http(
 
 
 def basic_auth(username: str, password: str) -> dict[str, str]:
-    import base64
-
     token = base64.b64encode(f"{username}:{password}".encode()).decode()
     return {"Authorization": f"Basic {token}"}
 
