@@ -28,8 +28,11 @@ import logging
 import time
 
 import duckdb
+import joblib
 import numpy as np
 import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.preprocessing import OrdinalEncoder
 
 from ml.audiences import Audience, audience_definitions, build_members, load_audiences
 from ml.config import PublishSettings, Settings
@@ -130,30 +133,83 @@ def _model_input(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
     return data.astype(nullable) if nullable else data
 
 
-def _score_chunk(frame: pd.DataFrame, champions: dict) -> pd.DataFrame:
-    personas = champions["personas"]
-    labels = personas.model.predict(_model_input(frame, personas.features))
-    scores = pd.DataFrame(
+def _encode_by_distinct_values(encoder: OrdinalEncoder, data: pd.DataFrame) -> np.ndarray:
+    """`encoder.transform(data)`, computed on each column's distinct values and spread to the
+    rows: the encoder looks values up one by one in Python (1.5 s per 250,000 rows and model),
+    while it maps each value on its own, so encoding the distinct ones is the same."""
+    positions, distinct = {}, {}
+    for column in data.columns:
+        positions[column], uniques = pd.factorize(data[column])  # -1: missing
+        missing = data[column][data[column].isna()]
+        # The distinct values, then the column's own missing value (what the rows hold).
+        distinct[column] = [*uniques, missing.iloc[0] if len(missing) else None]
+    height = max(map(len, distinct.values()))
+    padded = pd.DataFrame(
         {
-            "customer_id": frame["customer_id"].to_numpy(),
-            "segment": [personas.persona_names[int(label)] for label in labels],
+            column: pd.Series(values + [values[-1]] * (height - len(values)), dtype=object)
+            for column, values in distinct.items()
         }
     )
+    encoded = encoder.transform(padded)
+    codes = np.empty((len(data), len(data.columns)))
+    for index, column in enumerate(data.columns):
+        values = distinct[column]
+        # Position -1 (missing) picks the last entry: the missing value's code.
+        lookup = np.append(encoded[: len(values) - 1, index], encoded[len(values) - 1, index])
+        codes[:, index] = lookup[positions[column]]
+    return codes
+
+
+def _prepare(columns: ColumnTransformer, data: pd.DataFrame) -> np.ndarray:
+    """`columns.transform(data)` with its ordinal encoders applied by distinct values."""
+    parts = []
+    for _, transformer, selected in columns.transformers_:
+        if transformer == "drop":
+            continue
+        if isinstance(transformer, OrdinalEncoder):
+            parts.append(_encode_by_distinct_values(transformer, data[selected]))
+        else:
+            parts.append(np.asarray(transformer.transform(data[selected]), dtype=float))
+    return np.hstack(parts)
+
+
+def _final_inputs(frame: pd.DataFrame, champions: dict) -> dict[str, np.ndarray]:
+    """Each model's input to its last step. Models whose preparation was fitted alike (the
+    supervised ones usually) share one computation: joblib.hash is the fitted state's hash."""
+    prepared: dict[str, np.ndarray] = {}
+    inputs = {}
+    for kind, champion in champions.items():
+        preparation = champion.model[:-1]
+        key = joblib.hash((champion.features, preparation))
+        if key not in prepared:
+            data = _model_input(frame, champion.features)
+            first, *rest = [step for _, step in preparation.steps]
+            if isinstance(first, ColumnTransformer):
+                data = _prepare(first, data)
+            for step in rest:
+                data = step.transform(data)
+            prepared[key] = data
+        inputs[kind] = prepared[key]
+    return inputs
+
+
+def _score_chunk(frame: pd.DataFrame, champions: dict) -> pd.DataFrame:
+    inputs = _final_inputs(frame, champions)
+    personas = champions["personas"]
+    labels = personas.model[-1].predict(inputs["personas"])
+    names = pd.Series(personas.persona_names).loc[labels].to_numpy()
+    scores = pd.DataFrame({"customer_id": frame["customer_id"].to_numpy(), "segment": names})
     for kind in ("purchase_propensity", "engagement_propensity"):
-        champion = champions[kind]
-        scores[kind] = champion.model.predict_proba(_model_input(frame, champion.features))[:, 1]
+        scores[kind] = champions[kind].model[-1].predict_proba(inputs[kind])[:, 1]
     active = (frame["orders_365d"] > 0).to_numpy()
     churn = np.full(len(frame), np.nan)
     if active.any():
-        champion = champions["churn_risk"]
-        churn[active] = champion.model.predict_proba(
-            _model_input(frame.loc[active], champion.features)
-        )[:, 1]
+        churn[active] = (
+            champions["churn_risk"].model[-1].predict_proba(inputs["churn_risk"][active])[:, 1]
+        )
     scores["churn_risk"] = churn
-    value = champions["customer_value"]
-    scores["predicted_clv"] = np.clip(
-        value.model.predict(_model_input(frame, value.features)), 0, None
-    )
+    value = champions["customer_value"].model[-1].predict(inputs["customer_value"])
+    scores["predicted_clv"] = np.clip(value, 0, None)
     return scores
 
 

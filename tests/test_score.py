@@ -12,8 +12,15 @@ import pytest
 
 from ml.config import Settings, load_settings
 from ml.publish import publish_segments
-from ml.registry import CHAMPION, MODEL_KINDS, NoChampion, alias_version, mlflow_client
-from ml.score import score_customers
+from ml.registry import (
+    CHAMPION,
+    MODEL_KINDS,
+    NoChampion,
+    alias_version,
+    load_champion,
+    mlflow_client,
+)
+from ml.score import _model_input, _prepare, score_customers
 from ml.segment_report import EXPERIMENT, segments_summary, write_segment_report
 from ml.warehouse import connect
 from tests.conftest import TRAINED_AS_OF
@@ -109,6 +116,51 @@ def test_consent_and_send_hours_follow_the_features(scored: Settings):
         if len(hours):
             top = hours.value_counts()
             assert set(group.best_send_hour) == {min(top.index[top == top.max()])}
+
+
+def features_of_the_date(settings: Settings) -> pd.DataFrame:
+    with connect(settings, read_only=True) as con:
+        return con.execute(
+            "SELECT * FROM marts.customer_features WHERE as_of_date = ? ORDER BY customer_id",
+            [AS_OF],
+        ).df()
+
+
+def test_the_scores_are_each_champion_pipelines_own_predictions(scored: Settings):
+    rows, features = staged(scored), features_of_the_date(scored)
+    champions = {kind: load_champion(scored, kind) for kind in MODEL_KINDS}
+
+    def own(kind: str, frame: pd.DataFrame) -> np.ndarray:
+        return champions[kind].model.predict_proba(_model_input(frame, champions[kind].features))[
+            :, 1
+        ]
+
+    for kind in ("purchase_propensity", "engagement_propensity"):
+        np.testing.assert_array_equal(rows[kind], own(kind, features))
+    active = (features.orders_365d > 0).to_numpy()
+    np.testing.assert_array_equal(rows.churn_risk[active], own("churn_risk", features[active]))
+    value = champions["customer_value"]
+    np.testing.assert_array_equal(
+        rows.predicted_clv,
+        np.clip(value.model.predict(_model_input(features, value.features)), 0, None),
+    )
+    personas = champions["personas"]
+    labels = personas.model.predict(_model_input(features, personas.features))
+    assert list(rows.segment) == [personas.persona_names[int(label)] for label in labels]
+
+
+def test_the_encoding_by_distinct_values_is_the_column_transformers(scored: Settings):
+    champion = load_champion(scored, "purchase_propensity")
+    preparation = champion.model[0]
+    frame = _model_input(features_of_the_date(scored), champion.features).copy()
+    (categorical,) = [cols for _, step, cols in preparation.transformers_ if step != "drop"][:1]
+    # A category training never saw, and missing values, in every categorical column.
+    for column in categorical:
+        frame.loc[frame.index[:3], column] = "never-seen-in-training"
+        frame.loc[frame.index[3:6], column] = None
+    expected = preparation.transform(frame)
+    assert np.isnan(expected[:6, : len(categorical)]).all()
+    np.testing.assert_array_equal(_prepare(preparation, frame), expected)
 
 
 def test_scoring_in_small_chunks_gives_the_same_rows(scored: Settings):
