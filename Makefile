@@ -44,7 +44,7 @@ RUN_LOGS := $(AIRFLOW_HOME)/run-logs
 DBT_MANIFEST := dbt_project/target/manifest.json
 DBT_SOURCES := $(shell find dbt_project/models dbt_project/macros dbt_project/tests -type f) \
 	dbt_project/dbt_project.yml dbt_project/profiles.yml
-SCALE ?= 1000000
+SCALE ?= 100000
 
 .PHONY: help setup demo run backfill test test-fast lint format up down bench drift-check clean airflow-init dbt-docs
 
@@ -197,7 +197,7 @@ dbt-docs: $(INSTALLED)
 	$(BIN)/segflow dbt docs generate --static --vars '{as_of_date: $(DEMO_END)}'
 	@echo "dbt docs: open dbt_project/target/static_index.html in a browser"
 
-bench: $(INSTALLED)
+bench: $(INSTALLED) $(DBT_MANIFEST)
 	$(BIN)/python bench/run.py --customers $(SCALE)
 
 drift-check: $(INSTALLED) $(DBT_MANIFEST)
