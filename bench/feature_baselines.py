@@ -2,7 +2,7 @@
 hand-written DuckDB query over the raw tables (the floor), and from pandas (what many data
 scientists would write).
 
-    python bench/feature_baselines.py {duckdb,pandas} --warehouse PATH --as-of YYYY-MM-DD [--check]
+    python bench/feature_baselines.py {duckdb,pandas} --as-of YYYY-MM-DD [--check]
 
 The features are computed in this process, so the harness measures this process's wall time and
 peak memory; `--check` then compares them with `marts.customer_features` for the date and fails
@@ -22,15 +22,14 @@ import argparse
 import datetime as dt
 import sys
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ml.config import load_settings
+from ml.config import Settings, load_settings
+from ml.warehouse import connect
 
 CORE_FEATURES = (
     # RFM
@@ -369,23 +368,10 @@ def feature_cutoff(as_of: dt.date) -> dt.datetime:
     return dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())
 
 
-@contextmanager
-def read_only_warehouse(warehouse: Path):
-    """The warehouse opened read-only, in UTC, under the memory limit dbt runs with."""
-    con = duckdb.connect(str(warehouse), read_only=True)
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        con.execute("SET enable_progress_bar = false")
-        con.execute(f"SET memory_limit = '{load_settings().duckdb_memory_limit}'")
-        yield con
-    finally:
-        con.close()
-
-
 # --------------------------------------------------------------------------- DuckDB
 
 
-def duckdb_features(warehouse: Path, as_of: dt.date) -> pd.DataFrame:
+def duckdb_features(settings: Settings, as_of: dt.date) -> pd.DataFrame:
     """customer_id and CORE_FEATURES for every customer known on `as_of`, in one query."""
     cutoff = feature_cutoff(as_of)
     parameters = {
@@ -394,7 +380,7 @@ def duckdb_features(warehouse: Path, as_of: dt.date) -> pd.DataFrame:
         **{f"since_{days}d": cutoff - dt.timedelta(days=days) for days in (30, 90, 180, 365)},
         "valid_email": VALID_EMAIL,
     }
-    with read_only_warehouse(warehouse) as con:
+    with connect(settings, read_only=True) as con:
         return con.execute(FEATURES_SQL, parameters).df()
 
 
@@ -440,11 +426,11 @@ RAW_COLUMNS = {
 }
 
 
-def pandas_features(warehouse: Path, as_of: dt.date) -> pd.DataFrame:
+def pandas_features(settings: Settings, as_of: dt.date) -> pd.DataFrame:
     """The same features in pandas: each raw table's columns read as they are, then filtered,
     grouped and merged in pandas."""
     cutoff = pd.Timestamp(feature_cutoff(as_of))
-    with read_only_warehouse(warehouse) as con:
+    with connect(settings, read_only=True) as con:
         customers = _customer_features(_read(con, "customers"), as_of, cutoff)
         per_customer = [
             _order_features(_read(con, "orders"), as_of, cutoff),
@@ -753,10 +739,10 @@ def _review_features(reviews: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFram
 # --------------------------------------------------------------------------- comparison
 
 
-def compare_with_mart(warehouse: Path, as_of: dt.date, frame: pd.DataFrame) -> list[str]:
+def compare_with_mart(settings: Settings, as_of: dt.date, frame: pd.DataFrame) -> list[str]:
     """How `frame` differs from marts.customer_features for `as_of` on CORE_FEATURES: other
     customers, or values not equal within 1e-9 relative (nulls equal only to nulls)."""
-    with read_only_warehouse(warehouse) as con:
+    with connect(settings, read_only=True) as con:
         mart = con.execute(
             f"""SELECT customer_id, {", ".join(CORE_FEATURES)}
                 FROM marts.customer_features WHERE as_of_date = ?""",
@@ -825,21 +811,19 @@ BASELINES = {"duckdb": duckdb_features, "pandas": pandas_features}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("baseline", choices=BASELINES)
-    parser.add_argument("--warehouse", type=Path, required=True)
     parser.add_argument("--as-of", type=dt.date.fromisoformat, required=True)
     parser.add_argument(
         "--check", action="store_true", help="compare with marts.customer_features for the date"
     )
     args = parser.parse_args()
-    if not args.warehouse.exists():
-        parser.error(f"warehouse {args.warehouse} does not exist")
+    settings = load_settings()  # the warehouse of SEGFLOW_DATA_DIR, as segflow's commands
 
     started = time.perf_counter()
-    features = BASELINES[args.baseline](args.warehouse, args.as_of)
+    features = BASELINES[args.baseline](settings, args.as_of)
     seconds = time.perf_counter() - started
     print(f"{args.baseline}: {len(features):,} customers as of {args.as_of} in {seconds:.2f} s")
     if args.check:
-        differences = compare_with_mart(args.warehouse, args.as_of, features)
+        differences = compare_with_mart(settings, args.as_of, features)
         if differences:
             sys.exit("differences from marts.customer_features:\n  " + "\n  ".join(differences))
         print(f"same as marts.customer_features on {len(CORE_FEATURES)} features")

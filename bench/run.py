@@ -107,6 +107,8 @@ def bench_env(work: Path) -> dict[str, str]:
         "SEGFLOW_LANDING_DIR": str(work / "landing"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'data' / 'mlflow' / 'mlflow.db'}",
         "AIRFLOW_HOME": str(work / "airflow"),
+        # Its own SQLite metadata, whatever database the caller's environment names.
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{work / 'airflow' / 'airflow.db'}",
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     }
@@ -133,7 +135,6 @@ def feature_comparisons(env: dict[str, str], work: Path, stages: list[str]) -> d
     from ml.features import dbt_vars
 
     baselines = str(PROJECT / "bench" / "feature_baselines.py")
-    warehouse = str(load_settings(env).warehouse_path)
     target = work / "dbt-target-bench"
     commands = {
         "dbt_features": [
@@ -148,8 +149,7 @@ def feature_comparisons(env: dict[str, str], work: Path, stages: list[str]) -> d
             str(target),
         ],
         **{
-            name: [sys.executable, baselines, baseline, "--warehouse", warehouse, "--as-of"]
-            + [END_DATE.isoformat()]
+            name: [sys.executable, baselines, baseline, "--as-of", END_DATE.isoformat()]
             for name, baseline in (("duckdb_query", "duckdb"), ("pandas", "pandas"))
         },
     }
@@ -162,9 +162,8 @@ def feature_comparisons(env: dict[str, str], work: Path, stages: list[str]) -> d
         (model,) = run_results["results"]
         results["dbt_features"]["model_seconds"] = round(model["execution_time"], 1)
     if "duckdb_query" in results:
-        measure(
-            [*commands["duckdb_query"], "--check"], env
-        )  # exits non-zero, failing the benchmark, if the rows differ
+        # Exits non-zero, failing the benchmark, when the query's rows differ from the mart's.
+        measure([*commands["duckdb_query"], "--check"], env)
     return results
 
 
@@ -184,8 +183,9 @@ def airflow_ready(env: dict[str, str]) -> None:
         subprocess.run([str(BIN / "airflow"), *command], env=env, check=True, capture_output=True)
 
 
-def task_seconds(env: dict[str, str]) -> dict[str, float]:
-    """Each task's duration in the newest segment_pipeline run, from Airflow's metadata."""
+def task_seconds(env: dict[str, str]) -> list[tuple[str, float]]:
+    """Each task's duration in the newest segment_pipeline run, from Airflow's metadata, in
+    the order they started (a list: the JSON's keys are sorted)."""
     with sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db") as db:
         rows = db.execute(
             """SELECT task_id, duration FROM task_instance
@@ -195,7 +195,7 @@ def task_seconds(env: dict[str, str]) -> dict[str, float]:
                  AND duration >= 0.05
                ORDER BY start_date"""
         ).fetchall()
-    return {task: round(seconds, 1) for task, seconds in rows}
+    return [(task, round(seconds, 1)) for task, seconds in rows]
 
 
 def daily_run(env: dict[str, str]) -> dict:
@@ -321,7 +321,7 @@ def scale_section(result: dict) -> list[str]:
             "",
             "| task | seconds |",
             "|---|---:|",
-            *[f"| {task} | {seconds:,.1f} |" for task, seconds in daily["tasks"].items()],
+            *[f"| {task} | {seconds:,.1f} |" for task, seconds in daily["tasks"]],
             "",
         ]
     comparisons = result.get("comparisons", {})
@@ -378,9 +378,9 @@ def plot_scaling(all_results: dict) -> bool:
     parts = {
         "whole run": lambda daily: daily["seconds"],
         "dbt (marts and tests)": lambda daily: sum(
-            seconds for task, seconds in daily["tasks"].items() if task.startswith("features.")
+            seconds for task, seconds in daily["tasks"] if task.startswith("features.")
         ),
-        "score": lambda daily: daily["tasks"]["score"],
+        "score": lambda daily: dict(daily["tasks"])["score"],
     }
     for label, part in parts.items():
         time_axis.plot(customers, [part(d) for _, d in points], "o-", label=label)

@@ -11,9 +11,10 @@ import duckdb
 import pandas as pd
 import pytest
 
-from ml.config import load_settings
+from ml.config import Settings, load_settings
 from ml.features import build_features
 from ml.ingest import ingest_landing
+from ml.warehouse import connect
 from tests.conftest import PROJECT_DIR, SAMPLE_END
 
 
@@ -94,7 +95,7 @@ INSERT INTO raw.reviews (review_id, customer_id, created_at, rating, text,
 
 
 @pytest.fixture(scope="module")
-def warehouse(tmp_path_factory: pytest.TempPathFactory, generated_landing: Path) -> Path:
+def warehouse(tmp_path_factory: pytest.TempPathFactory, generated_landing: Path) -> Settings:
     root = tmp_path_factory.mktemp("baselines")
     settings = load_settings(
         {"SEGFLOW_DATA_DIR": str(root / "data"), "SEGFLOW_LANDING_DIR": str(generated_landing)}
@@ -103,11 +104,11 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory, generated_landing: Path)
     with duckdb.connect(str(settings.warehouse_path)) as con:
         con.execute(EDGE_CASES)
     build_features(settings, AS_OF, select="customer_features")
-    return settings.warehouse_path
+    return settings
 
 
-def mart_rows(warehouse: Path) -> pd.DataFrame:
-    with duckdb.connect(str(warehouse), read_only=True) as con:
+def mart_rows(warehouse: Settings) -> pd.DataFrame:
+    with connect(warehouse, read_only=True) as con:
         return (
             con.execute("SELECT * FROM marts.customer_features WHERE as_of_date = ?", [AS_OF])
             .df()
@@ -115,12 +116,12 @@ def mart_rows(warehouse: Path) -> pd.DataFrame:
         )
 
 
-def test_the_baselines_cover_the_mart_but_its_text_signal(warehouse: Path):
+def test_the_baselines_cover_the_mart_but_its_text_signal(warehouse: Settings):
     mart_features = set(mart_rows(warehouse).columns) - {"as_of_date", "avg_review_sentiment"}
     assert set(baselines.CORE_FEATURES) == mart_features
 
 
-def test_the_edge_cases_reach_the_mart(warehouse: Path):
+def test_the_edge_cases_reach_the_mart(warehouse: Settings):
     mart = mart_rows(warehouse)
     assert "X2" not in mart.index
     x1 = mart.loc["X1"]
@@ -133,12 +134,12 @@ def test_the_edge_cases_reach_the_mart(warehouse: Path):
 
 
 @pytest.mark.parametrize("baseline", ["duckdb", "pandas"])
-def test_the_baseline_computes_what_the_mart_computes(warehouse: Path, baseline: str):
+def test_the_baseline_computes_what_the_mart_computes(warehouse: Settings, baseline: str):
     features = baselines.BASELINES[baseline](warehouse, AS_OF)
     assert baselines.compare_with_mart(warehouse, AS_OF, features) == []
 
 
-def test_a_changed_value_and_a_missing_customer_are_reported(warehouse: Path):
+def test_a_changed_value_and_a_missing_customer_are_reported(warehouse: Settings):
     features = baselines.duckdb_features(warehouse, AS_OF)
     features.loc[features.customer_id == "X1", "email_open_rate_90d"] = 0.5
     differences = baselines.compare_with_mart(
