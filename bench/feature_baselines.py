@@ -93,7 +93,21 @@ AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55-64", "65+")
 # (whose \s also matches other whitespace) accepts exactly the same addresses.
 VALID_EMAIL = r"[^@\t\n\f\r ]+@[^@\t\n\f\r ]+\.[A-Za-z]{2,}"
 
-FEATURES_SQL = """
+
+def most_frequent(value: str, source: str, name: str) -> str:
+    """Each customer's most frequent non-null `value` in `source` as `name`, ties to the
+    smallest value."""
+    return f"""SELECT customer_id, arg_min(value, (-rows, value)) AS {name}
+    FROM (
+        SELECT customer_id, {value} AS value, count(*) AS rows
+        FROM {source}
+        WHERE {value} IS NOT NULL
+        GROUP BY ALL
+    )
+    GROUP BY customer_id"""
+
+
+FEATURES_SQL = f"""
 WITH known_customers AS (
     SELECT customer_id, signup_at, country, birth_year, acquisition_channel, email, email_opt_in
     FROM raw.customers
@@ -139,14 +153,7 @@ order_scores AS (
 
 favourite_categories AS (
     -- The most ordered category, ties to the smallest name.
-    SELECT customer_id, arg_min(category, (-orders, category)) AS favourite_category
-    FROM (
-        SELECT customer_id, category, count(*) AS orders
-        FROM completed_orders
-        WHERE category IS NOT NULL
-        GROUP BY customer_id, category
-    )
-    GROUP BY customer_id
+    {most_frequent("category", "completed_orders", "favourite_category")}
 ),
 
 -- Filtered to 90 days before aggregating: over the whole history this is the costly part.
@@ -199,24 +206,11 @@ engagement_365d AS (
 ),
 
 preferred_hours AS (
-    SELECT customer_id, arg_min(engagement_hour, (-events, engagement_hour)) AS preferred_hour
-    FROM (
-        SELECT customer_id, hour(occurred_at) AS engagement_hour, count(*) AS events
-        FROM engagement_365d
-        GROUP BY customer_id, engagement_hour
-    )
-    GROUP BY customer_id
+    {most_frequent("hour(occurred_at)", "engagement_365d", "preferred_hour")}
 ),
 
 preferred_email_devices AS (
-    SELECT customer_id, arg_min(device, (-events, device)) AS preferred_email_device
-    FROM (
-        SELECT customer_id, device, count(*) AS events
-        FROM engagement_365d
-        WHERE device IS NOT NULL
-        GROUP BY customer_id, device
-    )
-    GROUP BY customer_id
+    {most_frequent("device", "engagement_365d", "preferred_email_device")}
 ),
 
 web_events_30d AS (
@@ -250,14 +244,7 @@ web_totals AS (
 ),
 
 preferred_web_devices AS (
-    SELECT customer_id, arg_min(device, (-events, device)) AS preferred_web_device
-    FROM (
-        SELECT customer_id, device, count(*) AS events
-        FROM web_events_30d
-        WHERE device IS NOT NULL
-        GROUP BY customer_id, device
-    )
-    GROUP BY customer_id
+    {most_frequent("device", "web_events_30d", "preferred_web_device")}
 ),
 
 review_totals AS (

@@ -173,28 +173,34 @@ def _prepare(columns: ColumnTransformer, data: pd.DataFrame) -> np.ndarray:
     return np.hstack(parts)
 
 
-def _final_inputs(frame: pd.DataFrame, champions: dict) -> dict[str, np.ndarray]:
-    """Each model's input to its last step. Models whose preparation was fitted alike (the
-    supervised ones usually) share one computation: joblib.hash is the fitted state's hash."""
+def _preparation_keys(champions: dict) -> dict[str, str]:
+    """Each model's key for its preparation: models whose preparation was fitted alike (the
+    supervised ones usually) get the same key, the hash of the fitted steps (joblib.hash)."""
+    return {
+        kind: joblib.hash((champion.features, champion.model[:-1]))
+        for kind, champion in champions.items()
+    }
+
+
+def _final_inputs(
+    frame: pd.DataFrame, champions: dict, keys: dict[str, str]
+) -> dict[str, np.ndarray]:
+    """Each model's input to its last step, computed once per preparation key."""
     prepared: dict[str, np.ndarray] = {}
-    inputs = {}
     for kind, champion in champions.items():
-        preparation = champion.model[:-1]
-        key = joblib.hash((champion.features, preparation))
-        if key not in prepared:
+        if keys[kind] not in prepared:
             data = _model_input(frame, champion.features)
-            first, *rest = [step for _, step in preparation.steps]
+            first, *rest = [step for _, step in champion.model[:-1].steps]
             if isinstance(first, ColumnTransformer):
                 data = _prepare(first, data)
             for step in rest:
                 data = step.transform(data)
-            prepared[key] = data
-        inputs[kind] = prepared[key]
-    return inputs
+            prepared[keys[kind]] = data
+    return {kind: prepared[keys[kind]] for kind in champions}
 
 
-def _score_chunk(frame: pd.DataFrame, champions: dict) -> pd.DataFrame:
-    inputs = _final_inputs(frame, champions)
+def _score_chunk(frame: pd.DataFrame, champions: dict, keys: dict[str, str]) -> pd.DataFrame:
+    inputs = _final_inputs(frame, champions, keys)
     personas = champions["personas"]
     labels = personas.model[-1].predict(inputs["personas"])
     names = pd.Series(personas.persona_names).loc[labels].to_numpy()
@@ -227,6 +233,7 @@ def _score_in_chunks(
         ["customer_id", "orders_365d", *(f for f in features if f != "orders_365d")]
     )
     bounds = _chunk_bounds(con, as_of, chunk_rows)
+    keys = _preparation_keys(champions)
     for index, first in enumerate(bounds):
         started = time.perf_counter()
         upper = "AND customer_id < ?" if index + 1 < len(bounds) else ""
@@ -236,7 +243,7 @@ def _score_in_chunks(
                 WHERE as_of_date = ? AND customer_id >= ? {upper} ORDER BY customer_id""",
             params,
         ).df()
-        chunk = _score_chunk(frame, champions)  # noqa: F841  (read by name in SQL)
+        chunk = _score_chunk(frame, champions, keys)  # noqa: F841  (read by name in SQL)
         con.execute("INSERT INTO model_scores BY NAME SELECT * FROM chunk")
         log.info(
             "scored chunk %d/%d: %d customers in %.1fs",
