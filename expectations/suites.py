@@ -15,6 +15,7 @@ import great_expectations as gx
 from great_expectations import expectations as gxe
 
 from ml.config import QualityThresholds
+from ml.consent import SUPPRESSION_REASONS
 from ml.contract import ENTITY_BY_NAME
 from ml.features import RFM_SEGMENTS
 
@@ -198,7 +199,6 @@ def features_suite(
 
 PROBABILITY_COLUMNS = ("purchase_propensity", "churn_risk", "engagement_propensity")
 BANDS = ("low", "medium", "high")
-SUPPRESSION_REASONS = ("unsubscribed", "complaint", "hard_bounce", "no_opt_in", "invalid_address")
 SEGMENT_COLUMNS = (
     "customer_id",
     "as_of_date",
@@ -331,3 +331,70 @@ def segments_suite(
     for column in GUARDED_SCORES:
         checks += _mean_guard(column, previous_means, thresholds, "publications")
     return gx.ExpectationSuite(name="customer_segments", expectations=checks)
+
+
+TRIGGER_MEMBER_COLUMNS = (
+    "refresh_id",
+    "trigger",
+    "customer_id",
+    "event_at",
+    "event_detail",
+    "is_holdout",
+    "evaluated_at",
+    "suppression_reason",
+)
+
+
+def trigger_members_suite(trigger_names: list[str]) -> gx.ExpectationSuite:
+    """A trigger refresh's staged members, with each one's consent as the warehouse knows it now
+    (`suppression_reason`), before the delta export is published."""
+    checks = [
+        gxe.ExpectTableColumnsToMatchSet(
+            column_set=list(TRIGGER_MEMBER_COLUMNS),
+            exact_match=True,
+            meta=_meta(ERROR, "the trigger members' columns"),
+        ),
+        gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=["trigger", "customer_id"],
+            meta=_meta(ERROR, "a customer enters a trigger once per refresh"),
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="trigger", value_set=trigger_names, meta=_meta(ERROR, "configured triggers")
+        ),
+        gxe.ExpectColumnValuesToBeNull(
+            column="suppression_reason",
+            meta=_meta(ERROR, "consent: nobody suppressed enters a trigger"),
+        ),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="evaluated_at",
+            column_B="event_at",
+            or_equal=True,
+            meta=_meta(ERROR, "no event after the evaluation"),
+        ),
+    ]
+    for column in ("customer_id", "event_at", "is_holdout", "evaluated_at"):
+        checks.append(
+            gxe.ExpectColumnValuesToNotBeNull(column=column, meta=_meta(ERROR, "required"))
+        )
+    return gx.ExpectationSuite(name="trigger_members", expectations=checks)
+
+
+def suppressions_suite() -> gx.ExpectationSuite:
+    """A trigger refresh's new suppressions, before they are published."""
+    return gx.ExpectationSuite(
+        name="trigger_suppressions",
+        expectations=[
+            gxe.ExpectColumnValuesToBeUnique(
+                column="customer_id", meta=_meta(ERROR, "one suppression per customer")
+            ),
+            gxe.ExpectColumnValuesToNotBeNull(column="customer_id", meta=_meta(ERROR, "key")),
+            gxe.ExpectColumnValuesToBeInSet(
+                column="reason",
+                value_set=list(SUPPRESSION_REASONS),
+                meta=_meta(ERROR, "suppression reasons"),
+            ),
+            gxe.ExpectColumnValuesToNotBeNull(
+                column="reason", meta=_meta(ERROR, "a suppression says why")
+            ),
+        ],
+    )

@@ -100,7 +100,7 @@ class Audience:
         return " AND ".join(parts) or "true", params
 
 
-def _vocabulary() -> dict[str, tuple[str, ...]]:
+def filter_vocabulary() -> dict[str, tuple[str, ...]]:
     """The values a text column can hold, so that a typo is an error, not an empty audience."""
     from ml.features import RFM_SEGMENTS
     from ml.personas import PERSONA_CATALOGUE
@@ -135,7 +135,7 @@ def _check_value(where: str, column: str, value, vocabulary: dict) -> str | floa
     return float(value) if kind == NUMBER else value
 
 
-def _parse_filters(where: str, raw, vocabulary: dict) -> tuple[Filter, ...]:
+def parse_filters(where: str, raw, vocabulary: dict) -> tuple[Filter, ...]:
     if not isinstance(raw, dict) or not raw:
         raise AudienceError(
             f"{where}: expected a mapping of column to condition, e.g. "
@@ -172,36 +172,48 @@ def _parse_filters(where: str, raw, vocabulary: dict) -> tuple[Filter, ...]:
     return tuple(filters)
 
 
-def _parse_audience(file: Path, index: int, raw, vocabulary: dict) -> Audience:
+def parse_entry(file: Path, kind: str, index: int, raw, fields: tuple[str, ...]) -> tuple[str, str]:
+    """The name of the `index`th entry of a list (an audience, a trigger) and the prefix of its
+    error messages, once its name and the set of its fields are checked."""
     if not isinstance(raw, dict):
-        raise AudienceError(f"{file}: audience #{index + 1}: expected a mapping with name, filters")
+        raise AudienceError(f"{file}: {kind} #{index + 1}: expected a mapping with name, filters")
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise AudienceError(
-            f"{file}: audience #{index + 1}: field 'name': {name!r} is not a usable name "
+            f"{file}: {kind} #{index + 1}: field 'name': {name!r} is not a usable name "
             "(letters, digits, _ and -, at most 64; it names the export file)"
         )
-    where = f"{file}: audience '{name}': field"
-    unknown = sorted(set(raw) - set(AUDIENCE_FIELDS))
+    where = f"{file}: {kind} '{name}': field"
+    unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise AudienceError(
-            f"{where} '{unknown[0]}': unknown field (fields: {', '.join(AUDIENCE_FIELDS)})"
-        )
-    share = raw.get("holdout_share")
+        raise AudienceError(f"{where} '{unknown[0]}': unknown field (fields: {', '.join(fields)})")
+    return name, where
+
+
+def _parse_audience(file: Path, index: int, raw, vocabulary: dict) -> Audience:
+    name, where = parse_entry(file, "audience", index, raw, AUDIENCE_FIELDS)
+    share = parse_holdout_share(where, raw.get("holdout_share"))
+    description = parse_description(where, raw.get("description", ""))
+    filters = parse_filters(f"{where} 'filters'", raw.get("filters"), vocabulary)
+    return Audience(name, description, share, filters)
+
+
+def parse_holdout_share(where: str, share) -> float:
     if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share < 1:
         raise AudienceError(
             f"{where} 'holdout_share': expected a share in [0, 1), e.g. 0.1, got {share!r}"
         )
-    description = raw.get("description", "")
+    return float(share)
+
+
+def parse_description(where: str, description) -> str:
     if not isinstance(description, str):
         raise AudienceError(f"{where} 'description': expected text")
-    filters = _parse_filters(f"{where} 'filters'", raw.get("filters"), vocabulary)
-    return Audience(name, description.strip(), float(share), filters)
+    return description.strip()
 
 
-def load_audiences(path: Path) -> list[Audience]:
-    """Read and validate the audience file; raise AudienceError naming what is wrong."""
-    path = Path(path)
+def read_audience_file(path: Path) -> dict:
+    """The audience file's YAML document (a mapping); AudienceError when it cannot be read."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -215,21 +227,34 @@ def load_audiences(path: Path) -> list[Audience]:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error)
         raise AudienceError(f"{path}: not valid YAML{at}: {problem}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("audiences"), list):
+    if not isinstance(document, dict):
+        raise AudienceError(f"{path}: expected a mapping with an 'audiences:' list")
+    return document
+
+
+def load_audiences(path: Path) -> list[Audience]:
+    """Read and validate the audience file; raise AudienceError naming what is wrong."""
+    path = Path(path)
+    document = read_audience_file(path)
+    if not isinstance(document.get("audiences"), list):
         raise AudienceError(f"{path}: expected a top-level 'audiences:' list")
-    vocabulary = _vocabulary()
+    vocabulary = filter_vocabulary()
     audiences = [
         _parse_audience(path, i, raw, vocabulary) for i, raw in enumerate(document["audiences"])
     ]
+    check_unique_names(path, "audience", [audience.name for audience in audiences])
+    return audiences
+
+
+def check_unique_names(path: Path, kind: str, names: list[str]) -> None:
     seen: set[str] = set()
-    for audience in audiences:
-        if audience.name.lower() in seen:
+    for name in names:
+        if name.lower() in seen:
             raise AudienceError(
-                f"{path}: audience '{audience.name}': field 'name': used twice "
+                f"{path}: {kind} '{name}': field 'name': used twice "
                 "(names are compared case-insensitively, as file names may be)"
             )
-        seen.add(audience.name.lower())
-    return audiences
+        seen.add(name.lower())
 
 
 def audience_definitions(audiences: list[Audience]) -> list[tuple[str, str, float, str]]:

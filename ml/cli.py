@@ -47,16 +47,60 @@ def _peak_memory_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _utc_datetime(text: str) -> dt.datetime:
+    """An ISO-8601 moment, UTC when it has no offset, not in the future."""
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a date and time (ISO-8601, e.g. 2026-12-01T14:15:00Z)"
+        ) from None
+    moment = moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment
+    if moment > dt.datetime.now(dt.UTC):
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is in the future: the loader would quarantine its orders "
+            "(timestamps after the load time)"
+        )
+    return moment
+
+
+def _positive_hours(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of hours") from None
+    if not value * 60 >= 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be at least one minute (1/60)")
+    return value
+
+
+GENERATE_DEFAULTS = {"customers": 20_000, "days": 540, "seed": 7}
+HISTORY_ONLY = ("customers", "days", "end_date", "drift_from")
+INCREMENT_ONLY = ("hours", "at")
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
+    def given(names: tuple[str, ...]) -> list[str]:
+        return ["--" + n.replace("_", "-") for n in names if getattr(args, n) is not None]
+
+    if args.increment:
+        if given(HISTORY_ONLY):
+            args.usage_error(f"{', '.join(given(HISTORY_ONLY))}: not used with --increment")
+        _generate_increment(args)
+        return
+    if given(INCREMENT_ONLY):
+        args.usage_error(f"{', '.join(given(INCREMENT_ONLY))}: only with --increment")
+    if args.end_date is None:
+        args.usage_error("the following arguments are required: --end-date (or --increment)")
     from ml.synthetic import generate
 
     started = time.perf_counter()
     report = generate(
         out=args.out,
-        customers=args.customers,
-        days=args.days,
+        customers=args.customers or GENERATE_DEFAULTS["customers"],
+        days=args.days or GENERATE_DEFAULTS["days"],
         end_date=args.end_date,
-        seed=args.seed,
+        seed=GENERATE_DEFAULTS["seed"] if args.seed is None else args.seed,
         drift_from=args.drift_from,
         progress=not args.quiet,
     )
@@ -67,6 +111,28 @@ def cmd_generate(args: argparse.Namespace) -> None:
     )
     for entity, rows in sorted(report.rows.items()):
         print(f"  {entity:<13} {rows:>12,} rows")
+
+
+def _generate_increment(args: argparse.Namespace) -> None:
+    from ml.synthetic import generate_increment
+
+    at = args.at or dt.datetime.now(dt.UTC)
+    try:
+        report = generate_increment(args.out, at, args.hours or 3.0, args.seed)
+    except (ValueError, FileExistsError) as error:
+        raise SystemExit(f"segflow: {error}") from None
+    start = report.at - dt.timedelta(hours=report.hours)
+    print(f"increment {start:%Y-%m-%d %H:%M:%S} .. {report.at:%Y-%m-%d %H:%M:%S} UTC:")
+    for path in report.files:
+        entity = path.relative_to(args.out).parts[0]
+        print(f"  {report.rows[entity]:>8,} rows  {path}")
+    for label, ids in (
+        ("unsubscribed", report.unsubscribed),
+        ("bounced", report.bounced),
+        ("complained", report.complained),
+    ):
+        if ids:
+            print(f"  {label}: {', '.join(ids)}")
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
@@ -213,15 +279,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    generate = commands.add_parser("generate", help="write synthetic landing data")
-    generate.add_argument("--customers", type=_positive, default=20_000)
-    generate.add_argument("--days", type=_positive, default=540)
-    generate.add_argument("--end-date", type=_date, required=True, help="last day, YYYY-MM-DD")
-    generate.add_argument("--seed", type=int, default=7)
+    generate = commands.add_parser(
+        "generate",
+        help="write synthetic landing data (--increment: the last hours into existing data)",
+    )
+    generate.add_argument("--customers", type=_positive, help="default 20,000")
+    generate.add_argument("--days", type=_positive, help="default 540")
+    generate.add_argument(
+        "--end-date", type=_date, help="last day, YYYY-MM-DD (required without --increment)"
+    )
+    generate.add_argument("--seed", type=int, help="default 7 (--increment: random)")
     generate.add_argument("--out", type=Path, required=True, help="landing folder to write")
     generate.add_argument("--drift-from", type=_date, help="shift behaviour from this date on")
     generate.add_argument("--quiet", action="store_true", help="no progress bar")
-    generate.set_defaults(handler=cmd_generate)
+    generate.add_argument(
+        "--increment",
+        action="store_true",
+        help="add the last hours of behaviour of the customers already in --out",
+    )
+    generate.add_argument(
+        "--hours", type=_positive_hours, help="with --increment: hours up to --at (default 3)"
+    )
+    generate.add_argument(
+        "--at",
+        type=_utc_datetime,
+        help="with --increment: end of the hours, ISO-8601, UTC without an offset (default now)",
+    )
+    generate.set_defaults(handler=cmd_generate, usage_error=generate.error)
 
     ingest = commands.add_parser("ingest", help="load landing files into the warehouse")
     ingest.add_argument(

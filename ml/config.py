@@ -129,6 +129,9 @@ class Settings:
     airflow_home: Path
     duckdb_memory_limit: str
     """Memory DuckDB may use before spilling to disk (warehouse.duckdb.tmp/), e.g. 4GB."""
+    landing_poll_seconds: float
+    """SEGFLOW_LANDING_POLL_SECONDS: how often the landing zone's watcher looks for new files
+    (ml/landing_watch.py); a file counts once it stayed the same for one look."""
     quality: QualityThresholds
     models: ModelSettings
     publishing: PublishSettings
@@ -318,6 +321,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         airflow_home=_path(env, "AIRFLOW_HOME", PROJECT_DIR / ".airflow"),
         duckdb_memory_limit=_memory_size(env, "SEGFLOW_DUCKDB_MEMORY_LIMIT", "4GB"),
+        landing_poll_seconds=_positive_float(env, "SEGFLOW_LANDING_POLL_SECONDS", 5.0),
         quality=QualityThresholds(
             freshness_max_days=_positive_int(env, "SEGFLOW_FRESHNESS_MAX_DAYS", 3),
             quarantine_max_share=_share(env, "SEGFLOW_QUARANTINE_MAX_SHARE", 0.05),

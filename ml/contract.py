@@ -7,6 +7,19 @@ from the same facts, so there is one definition of what a user must bring.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+
+LANDING_SUFFIXES = {".csv": "csv", ".parquet": "parquet"}
+"""The file formats of the landing zone, by suffix (any case)."""
+
+
+def landing_format(name: str) -> str | None:
+    """The format of a landing file by its name, or None when it is not one: hidden and
+    underscore names are writers' temporaries or markers (_SUCCESS), never data."""
+    if name.startswith((".", "_")):
+        return None
+    return LANDING_SUFFIXES.get(Path(name).suffix.lower())
+
 
 # Warehouse types of the contract's logical types.
 SQL_TYPES = {

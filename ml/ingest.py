@@ -30,12 +30,11 @@ import duckdb
 import pyarrow as pa
 
 from ml.config import Settings
-from ml.contract import ENTITIES, Column, Entity
+from ml.contract import ENTITIES, Column, Entity, landing_format
 from ml.warehouse import connect
 
 log = logging.getLogger(__name__)
 
-LANDING_SUFFIXES = {".csv": "csv", ".parquet": "parquet"}
 BATCH_BYTES = 32 * 2**20
 """Files are staged and checked in batches of about this much on disk, so the first load of
 a year of history for a million customers stays within memory (one batch at a time)."""
@@ -135,9 +134,8 @@ def discover_landing_files(landing_dir: Path) -> dict[str, list[LandingFile]]:
         files = []
         if folder.is_dir():
             for path in sorted(folder.rglob("*")):
-                fmt = LANDING_SUFFIXES.get(path.suffix.lower())
-                # Hidden and underscore files are writers' temporaries or markers (_SUCCESS).
-                if fmt is None or not path.is_file() or path.name.startswith((".", "_")):
+                fmt = landing_format(path.name)
+                if fmt is None or not path.is_file():
                     continue
                 relative = path.relative_to(landing_dir)
                 files.append(

@@ -36,7 +36,7 @@ DEFAULT_ARGS: dict[str, Any] = {
     "on_failure_callback": record_task_failure,
 }
 
-DAG_TAGS = {"segflow", "daily", "training", "monitoring"}
+DAG_TAGS = {"segflow", "daily", "training", "monitoring", "triggers"}
 """The small set of tags DAGs may use."""
 
 
@@ -74,6 +74,14 @@ PUBLISHED_SEGMENTS = [
     for name in ("customer_segments", "audience_members", "audience_definitions", "publications")
 ]
 AUDIENCE_EXPORTS = Asset(name="audience_exports", uri="file://segflow/exports")
+STAGED_TRIGGERS = [
+    _table("staging", name)
+    for name in ("trigger_members", "trigger_suppressions", "trigger_refreshes")
+]
+PUBLISHED_TRIGGERS = [
+    _table("published", name) for name in ("trigger_members", "suppressions", "trigger_refreshes")
+]
+TRIGGER_EXPORTS = Asset(name="trigger_exports", uri="file://segflow/exports/triggers")
 SEGMENT_REPORT = Asset(name="segment_report", uri="file://segflow/reports/segments")
 MONITORING_TABLES = [
     _table("monitoring", name) for name in ("drift_metrics", "model_performance", "drift_alerts")

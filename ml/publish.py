@@ -13,9 +13,11 @@
 
 Exports: `<audience>.csv` per audience with the e-mailable treatment members only (holdout
 members are never sent), sorted by customer_id, floats with fixed decimals, so a re-run of the
-same date writes byte-identical files. The manifest holds row counts, treatment and holdout
-counts, each file's sha256, the model versions and the run id (the only thing that differs
-between two runs of a date).
+same date on the same data writes byte-identical files. A customer suppressed since the date
+(an unsubscribe loaded later, ml/consent.py) is left out of the export whatever date it is
+for; the table keeps the row as scored. The manifest holds row counts, treatment and holdout
+counts, those left out since, each file's sha256, the model versions and the run id (the only
+thing that differs between two runs of a date).
 
 Between the rename and the commit there is a moment where a killed process leaves the new
 exports beside the old table rows; running the publish again for the date makes both agree.
@@ -34,6 +36,7 @@ import duckdb
 
 from ml.audiences import audience_counts
 from ml.config import Settings
+from ml.consent import create_current_suppressions
 from ml.ingest import file_sha256
 from ml.score import DATED_TABLES, PROBABILITY_KINDS, ensure_segment_tables
 from ml.warehouse import connect, table_exists
@@ -116,29 +119,32 @@ def _write_exports(
 ) -> dict[str, dict]:
     """One CSV per staged audience (treatment members) and manifest.json into `folder`."""
     folder.mkdir(mode=0o700)
+    create_current_suppressions(con)
     audiences = {}
     select = ", ".join(f"{expression} AS {name}" for name, expression in EXPORT_COLUMNS.items())
     for audience, _, holdout_share, treatment, holdout in audience_counts(con, "staging", as_of):
         path = folder / f"{audience}.csv"
-        con.execute(
+        rows = con.execute(
             f"""COPY (
                 SELECT {select}
                 FROM staging.audience_members m
                 JOIN staging.customer_segments s
                     ON s.as_of_date = m.as_of_date AND s.customer_id = m.customer_id
                 JOIN raw.customers c ON c.customer_id = s.customer_id
+                ANTI JOIN current_suppressions now ON now.customer_id = s.customer_id
                 WHERE m.as_of_date = ? AND m.audience = ? AND NOT m.is_holdout AND s.is_emailable
                 ORDER BY s.customer_id
             ) TO '{path}' (FORMAT csv, HEADER true, DELIMITER ',', NEW_LINE '\\n')""",
             [as_of, audience],
-        )
+        ).fetchone()[0]
         path.chmod(0o600)
         audiences[audience] = {
             "file": path.name,
-            "rows": treatment,
+            "rows": rows,
             "treatment": treatment,
             "holdout": holdout,
             "holdout_share": holdout_share,
+            "suppressed_since": treatment - rows,
             "sha256": file_sha256(path),
         }
     manifest = {**manifest, "audiences": audiences}

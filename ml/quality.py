@@ -238,6 +238,46 @@ def run_segments_gate(settings: Settings, as_of: dt.date):
     return report
 
 
+def run_triggers_gate(settings: Settings, refresh_id: str) -> list:
+    """A trigger refresh's staged members (with their consent as known now) and new
+    suppressions: a failure stops the publish and leaves the last delta export as it was."""
+    from expectations.runner import GateFailed, validate_frame
+    from expectations.suites import suppressions_suite, trigger_members_suite
+    from ml.consent import create_current_suppressions
+    from ml.triggers import staged_summary
+
+    with connect(settings, read_only=True) as con:
+        summary = staged_summary(con, refresh_id)
+        create_current_suppressions(con)
+        members = con.execute(
+            """SELECT m.*, s.reason AS suppression_reason FROM staging.trigger_members m
+               LEFT JOIN current_suppressions s ON s.customer_id = m.customer_id
+               WHERE m.refresh_id = ?""",
+            [refresh_id],
+        ).df()
+        suppressions = con.execute(
+            "SELECT * FROM staging.trigger_suppressions WHERE refresh_id = ?", [refresh_id]
+        ).df()
+    run_date = dt.datetime.fromisoformat(summary["evaluated_at"]).date()
+    reports, problems = [], []
+    for frame, suite in (
+        (members, trigger_members_suite(summary["triggers"])),
+        (suppressions, suppressions_suite()),
+    ):
+        if frame.empty:
+            log.info("gate %s: nothing staged for refresh %s", suite.name, refresh_id)
+            continue
+        report = validate_frame(settings, frame, suite, run_date)
+        reports.append(report)
+        try:
+            report.raise_on_errors()
+        except GateFailed as failure:
+            problems.append(str(failure))
+    if problems:
+        raise GateFailed(f"refresh {refresh_id}:\n" + "\n\n".join(problems))
+    return reports
+
+
 def quality_summary(settings: Settings) -> str:
     """The newest result of every suite, for people (read-only)."""
     with connect(settings, read_only=True) as con:

@@ -9,9 +9,11 @@ import duckdb
 import numpy as np
 import pytest
 
+from ml.cli import main
 from ml.config import Settings
 from ml.ingest import ingest_landing
-from ml.synthetic import generate
+from ml.synthetic import generate, generate_increment
+from ml.warehouse import connect
 
 END = dt.date(2026, 6, 30)
 
@@ -172,3 +174,143 @@ def test_drift_changes_behaviour_only_from_its_date(tmp_path: Path):
         after(tmp_path / "drift", "web_events", mobile)
         > after(tmp_path / "plain", "web_events", mobile) + 0.1
     )
+
+
+# --------------------------------------------------------------------------- increments for now
+
+AT = dt.datetime(2026, 7, 1, 9, 30, tzinfo=dt.UTC)
+LATER = dt.datetime(2026, 7, 1, 11, 0, tzinfo=dt.UTC)
+INCREMENT_ENTITIES = ("orders", "email_events", "web_events")
+ID_COLUMNS = {"orders": "order_id", "email_events": "event_id", "web_events": "event_id"}
+
+
+def increment_rows(path: Path, sql: str) -> list[tuple]:
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute(
+            f"CREATE VIEW t AS SELECT * FROM read_parquet('{path}', hive_partitioning = false)"
+        )
+        return con.execute(sql).fetchall()
+
+
+def test_increment_for_now_loads_without_quarantine(settings: Settings, landing_copy: Path):
+    historical_ids = {
+        e: {r[0] for r in read(landing_copy, e, f"SELECT {ID_COLUMNS[e]} FROM t")}
+        for e in INCREMENT_ENTITIES
+    }
+    customers = {r[0] for r in read(landing_copy, "customers", "SELECT customer_id FROM t")}
+    report = generate_increment(landing_copy, AT, hours=3, seed=1)
+
+    files = {
+        e: landing_copy / e / "date=2026-07-01/increment-20260701T093000Z.parquet"
+        for e in INCREMENT_ENTITIES
+    }
+    assert sorted(report.files) == sorted(files.values())
+    assert all(p.is_file() for p in report.files)
+    assert not [p for p in landing_copy.rglob("*") if p.name.startswith(".")]
+    # A small landing zone still gets something of every kind.
+    assert report.rows["web_events"] >= 20 and report.rows["orders"] >= 3
+    assert report.rows["email_events"] >= 7
+    for entity, path in files.items():
+        column, time = ID_COLUMNS[entity], "ordered_at" if entity == "orders" else "occurred_at"
+        rows, distinct, first, last = increment_rows(
+            path, f"SELECT count(*), count(DISTINCT {column}), min({time}), max({time}) FROM t"
+        )[0]
+        assert rows == distinct == report.rows[entity]
+        assert AT - dt.timedelta(hours=3) <= first and last <= AT, entity
+        ids = {r[0] for r in increment_rows(path, f"SELECT {column} FROM t")}
+        assert not ids & historical_ids[entity]
+        used = {r[0] for r in increment_rows(path, "SELECT customer_id FROM t")}
+        assert used <= customers
+
+    web, orders, email = files["web_events"], files["orders"], files["email_events"]
+    # Every session that checks out ends with its checkout, and an order follows within a minute.
+    with duckdb.connect() as con:
+        checkouts, ordered, ending_with_checkout, abandoned = con.execute(
+            f"""WITH w AS (SELECT * FROM read_parquet('{web}')),
+                o AS (SELECT * FROM read_parquet('{orders}')),
+                c AS (SELECT * FROM w WHERE event_type = 'checkout'),
+                s AS (SELECT session_id, max(occurred_at) AS last_at,
+                             bool_or(event_type = 'add_to_cart') AS carted,
+                             bool_or(event_type = 'checkout') AS checked_out FROM w GROUP BY ALL)
+            SELECT (SELECT count(*) FROM c),
+                   (SELECT count(*) FROM c WHERE EXISTS (SELECT 1 FROM o
+                        WHERE o.customer_id = c.customer_id AND o.ordered_at > c.occurred_at
+                          AND o.ordered_at <= c.occurred_at + INTERVAL 1 MINUTE)),
+                   (SELECT count(*) FROM c JOIN s USING (session_id) WHERE s.last_at = c.occurred_at),
+                   (SELECT count(*) FROM s WHERE carted AND NOT checked_out)"""
+        ).fetchone()
+    assert checkouts == ordered == ending_with_checkout == report.rows["orders"]
+    assert abandoned >= 1
+    assert increment_rows(orders, "SELECT DISTINCT status FROM t") == [("completed",)]
+    kinds = dict(increment_rows(email, "SELECT event_type, count(*) FROM t GROUP BY ALL"))
+    assert kinds["open"] >= 1 and kinds["click"] >= 1 and kinds["unsubscribe"] >= 1
+    unsubscribed = increment_rows(
+        email, "SELECT customer_id FROM t WHERE event_type = 'unsubscribe'"
+    )
+    assert sorted(r[0] for r in unsubscribed) == sorted(report.unsubscribed)
+
+    # The loader takes all of it at the increment's own moment: nothing later, nothing unknown.
+    loaded = ingest_landing(settings, as_of=AT.date(), loaded_at=AT)
+    assert all(r.rows_rejected == 0 and r.values_nullified == 0 for r in loaded.entities.values())
+    # A second increment, its window overlapping the first, has ids of its own.
+    second = generate_increment(landing_copy, LATER, hours=3, seed=1)
+    for path in second.files:
+        entity = path.relative_to(landing_copy).parts[0]
+        ids = {r[0] for r in increment_rows(path, f"SELECT {ID_COLUMNS[entity]} FROM t")}
+        first_ids = {
+            r[0] for r in increment_rows(files[entity], f"SELECT {ID_COLUMNS[entity]} FROM t")
+        }
+        assert ids and not ids & first_ids and not ids & historical_ids[entity]
+    loaded = ingest_landing(settings, as_of=LATER.date(), loaded_at=LATER)
+    assert all(r.rows_rejected == 0 for r in loaded.entities.values())
+    assert {e: loaded.entities[e].rows_loaded for e in INCREMENT_ENTITIES} == second.rows
+    with connect(settings) as con:
+        assert con.execute("SELECT count(*) FROM quarantine.violations").fetchone() == (0,)
+        from_increments = con.execute(
+            "SELECT count(*) FROM raw.orders WHERE _source_file LIKE '%increment-%'"
+        ).fetchone()[0]
+    assert from_increments == report.rows["orders"] + second.rows["orders"]
+
+
+def test_increment_never_overwrites_and_needs_customers(tmp_path: Path, landing_copy: Path):
+    generate_increment(landing_copy, AT, seed=1)
+    with pytest.raises(FileExistsError):
+        generate_increment(landing_copy, AT, seed=2)
+    with pytest.raises(ValueError, match="segflow generate"):
+        generate_increment(tmp_path / "empty", AT)
+    # Customers from a CSV with its own spelling of the column.
+    csv_landing = tmp_path / "csv"
+    (csv_landing / "customers").mkdir(parents=True)
+    (csv_landing / "customers" / "shop.csv").write_text(
+        "Email;Customer ID\na@x.de; K-1 \nb@x.de;K-2\n"
+    )
+    report = generate_increment(csv_landing, AT, hours=0.5, seed=1)
+    customers = increment_rows(report.files[0], "SELECT DISTINCT customer_id FROM t")
+    assert {r[0] for r in customers} <= {"K-1", "K-2"}
+
+
+def test_increment_cli(landing_copy: Path, capsys):
+    future = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    with pytest.raises(SystemExit) as refused:
+        main(["generate", "--increment", "--out", str(landing_copy), "--at", future])
+    assert refused.value.code == 2 and "in the future" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        main(["generate", "--out", str(landing_copy)])
+    assert refused.value.code == 2 and "--end-date" in capsys.readouterr().err
+
+    main(
+        [
+            "generate",
+            "--increment",
+            "--out",
+            str(landing_copy),
+            "--at",
+            "2026-07-01T09:30:00",
+            "--hours",
+            "2",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "2026-07-01 07:30:00 .. 2026-07-01 09:30:00 UTC" in printed
+    assert printed.count("increment-20260701T093000Z.parquet") == 3 and "unsubscribed: C" in printed
