@@ -284,11 +284,10 @@ def latest_daily_publication(con: duckdb.DuckDBPyConnection) -> dt.date | None:
 def create_latest_segments(con: duckdb.DuckDBPyConnection, as_of: dt.date | None) -> None:
     """The temp table `latest_segments`: each customer's row of the latest daily publication."""
     if as_of is None:
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE latest_segments AS SELECT * FROM (SELECT NULL::VARCHAR "
-            "AS customer_id, NULL::BOOLEAN AS is_emailable, NULL::VARCHAR AS suppression_reason) "
-            "WHERE false"
-        )
+        # Nothing published yet: no rows, the published columns (which filters name).
+        from ml.score import SEGMENTS_COLUMNS
+
+        con.execute(f"CREATE OR REPLACE TEMP TABLE latest_segments {SEGMENTS_COLUMNS}")
         return
     con.execute(
         """CREATE OR REPLACE TEMP TABLE latest_segments AS

@@ -260,6 +260,32 @@ def test_consent_at_publish_time_wins_over_the_evaluation(published: Settings):
     assert members == [(other,)]
 
 
+def test_before_any_daily_publication_filters_match_nobody(staged: Settings, tmp_path: Path):  # noqa: F811
+    config = tmp_path / "audiences.yml"
+    config.write_text(TRIGGERS_YAML)
+    settings = staged.__class__(
+        **{
+            **staged.__dict__,
+            "publishing": staged.publishing.__class__(
+                **{**staged.publishing.__dict__, "audiences_path": config}
+            ),
+        }
+    )
+    customers = ["C000001", "C000002"]
+    land(
+        settings,
+        "orders",
+        "orders/a.csv",
+        [order(c, T0 - dt.timedelta(minutes=9)) for c in customers],
+    )
+    land(settings, "email_events", "email_events/a.csv", [mail(c, "open", T0) for c in customers])
+    summary = stage_refresh(settings, T0)
+    assert summary["daily_as_of"] is None
+    staged_members = summary["members"]["recent_buyer"]
+    assert staged_members["treatment"] + staged_members["holdout"] == 2
+    assert "win_back_open" not in summary["members"]
+
+
 def test_cooldown_keeps_a_customer_from_entering_twice(published: Settings):
     customer = segments(published).query("is_emailable").customer_id.iloc[5]
     land(published, "orders", "orders/a.csv", [order(customer, T0 - dt.timedelta(minutes=5))])
