@@ -60,7 +60,11 @@ HISTORY_STAGES = {
     "drift": ["drift", "--run", "--as-of"],
 }
 COMPARISONS = ("dbt_features", "duckdb_query", "pandas")
-ALL_STAGES = ("generate", *HISTORY_STAGES, *COMPARISONS, "daily_run")
+ALL_STAGES = ("generate", *HISTORY_STAGES, *COMPARISONS, "daily_run", "trigger_refresh")
+TRIGGER_INCREMENTS = 3
+"""Increments timed from landing to published delta, after one that warms up (see refreshes)."""
+TRIGGER_TARGET_SCALE, TRIGGER_TARGET_S = 100_000, 120
+REFRESH_TASKS = ("ingest", "raw_gate", "evaluate", "triggers_gate", "publish")
 
 
 def measure(command: list[str], env: dict[str, str], keep_output: bool = False) -> dict:
@@ -206,6 +210,124 @@ def daily_run(env: dict[str, str]) -> dict:
     return result
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def metadata(env: dict[str, str], query: str) -> list[tuple]:
+    with sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db", timeout=30) as db:
+        return db.execute(query).fetchall()
+
+
+def wait_for(what: str, condition, timeout_s: float = 600, every_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while not (found := condition()):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"trigger_refresh: {what} not seen after {timeout_s:.0f} s")
+        time.sleep(every_s)
+    return found
+
+
+def timed_increment(env: dict[str, str], work: Path) -> dict:
+    """One increment of the last 3 hours dropped into the landing zone; seconds from its last
+    file landing to the refresh's manifest, and the refresh's task times."""
+    from ml.synthetic import generate_increment
+
+    exports = work / "data" / "exports" / "triggers"
+    before = set(exports.iterdir()) if exports.exists() else set()
+    runs = len(metadata(env, "SELECT id FROM dag_run WHERE dag_id = 'refresh_triggers'"))
+    report = generate_increment(work / "landing", dt.datetime.now(dt.UTC), hours=3)
+    landed = time.time()
+
+    def finished() -> list:
+        states = metadata(
+            env,
+            "SELECT state FROM dag_run WHERE dag_id = 'refresh_triggers' ORDER BY id",
+        )
+        if "failed" in {state for (state,) in states}:
+            raise SystemExit(
+                f"trigger_refresh: a refresh_triggers run failed: see {work}/airflow/logs"
+            )
+        return len(states) > runs and states[-1][0] == "success" and states
+
+    wait_for("the refresh run", finished)
+    (folder,) = set(exports.iterdir()) - before
+    published = (folder / "manifest.json").stat().st_mtime
+    manifest = json.loads((folder / "manifest.json").read_text())
+    queued, started = metadata(
+        env,
+        "SELECT queued_at, start_date FROM dag_run WHERE dag_id = 'refresh_triggers' "
+        "ORDER BY id DESC LIMIT 1",
+    )[0]
+    tasks = metadata(
+        env,
+        """SELECT task_id, duration FROM task_instance WHERE dag_id = 'refresh_triggers'
+           AND run_id = (SELECT run_id FROM dag_run WHERE dag_id = 'refresh_triggers'
+                         ORDER BY id DESC LIMIT 1) ORDER BY start_date""",
+    )
+    run_queued = dt.datetime.fromisoformat(queued).replace(tzinfo=dt.UTC).timestamp()
+    return {
+        "seconds": round(published - landed, 1),
+        "run_queued_after": round(run_queued - landed, 1),
+        "tasks": [(task, round(seconds, 1)) for task, seconds in tasks],
+        "rows": sum(report.rows.values()),
+        "members": {name: t["rows"] + t["holdout"] for name, t in manifest["triggers"].items()},
+        "new_suppressions": manifest["suppressions"]["rows"],
+    }
+
+
+def trigger_refresh(env: dict[str, str], work: Path) -> dict:
+    """`airflow standalone` on the benchmark's warehouse (after the daily run published), with
+    refresh_triggers unpaused: the first increment's refresh also evaluates the whole history's
+    files and publishes the full suppression list (warm-up); then TRIGGER_INCREMENTS more."""
+    from ml.config import load_settings
+    airflow_ready(env)
+    port = free_port()
+    env = {
+        **env,
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
+    }
+    log = (work / "airflow" / "standalone.log").open("w")
+    server = subprocess.Popen(
+        [str(BIN / "airflow"), "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for("refresh_triggers parsed", lambda: metadata(
+            env, "SELECT 1 FROM dag WHERE dag_id = 'refresh_triggers'"), every_s=1)  # fmt: skip
+        subprocess.run(
+            [str(BIN / "airflow"), "dags", "unpause", "refresh_triggers"],
+            env=env, check=True, capture_output=True,
+        )  # fmt: skip
+        wait_for("the landing watcher", lambda: metadata(
+            env, "SELECT 1 FROM asset_state_store"), every_s=1)  # fmt: skip
+        warmup = timed_increment(env, work)
+        timed = [timed_increment(env, work) for _ in range(TRIGGER_INCREMENTS)]
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
+        log.close()
+    seconds = sorted(t["seconds"] for t in timed)
+    return {
+        "warmup": warmup,
+        "increments": timed,
+        "median_seconds": seconds[len(seconds) // 2],
+        "max_seconds": seconds[-1],
+        "poll_seconds": load_settings(env).landing_poll_seconds,
+    }
+
+
 def run(customers: int, days: int, stages: list[str], work: Path, results: dict) -> None:
     """Run the chosen stages into `results`, stage by stage (a failure keeps what came before)."""
     env = bench_env(work)
@@ -242,6 +364,8 @@ def run(customers: int, days: int, stages: list[str], work: Path, results: dict)
     results["comparisons"].update(feature_comparisons(env, work, stages))
     if "daily_run" in stages:
         results["daily_run"] = daily_run(env)
+    if "trigger_refresh" in stages:
+        results["trigger_refresh"] = trigger_refresh(env, work)
 
 
 def targets(result: dict) -> list[tuple[str, str, str, bool | None]]:
@@ -289,6 +413,40 @@ def _ratio(seconds: float, floor: float | None) -> str:
     return f"{seconds / floor:.2f}x" if floor else "n/a"
 
 
+def trigger_section(result: dict) -> list[str]:
+    refresh = result.get("trigger_refresh")
+    if not refresh:
+        return []
+    met = ""
+    if result["customers"] == TRIGGER_TARGET_SCALE:
+        verdict = "met" if refresh["max_seconds"] <= TRIGGER_TARGET_S else "missed"
+        met = f" (target: under {TRIGGER_TARGET_S} s at {TRIGGER_TARGET_SCALE:,}: {verdict})"
+    increments = [refresh["warmup"], *refresh["increments"]]
+    return [
+        "Event-driven refresh (`refresh_triggers` under `airflow standalone`, the landing "
+        f"watcher polling every {refresh['poll_seconds']:g} s): an increment of the last 3 "
+        "hours (`segflow generate --increment`) dropped into the landing zone, timed from its "
+        "last file to the published delta's manifest. The first also evaluates every "
+        "historical file and publishes the full suppression list. Latency of the "
+        f"{len(refresh['increments'])} after it: **median {refresh['median_seconds']:,.1f} s, "
+        f"max {refresh['max_seconds']:,.1f} s**{met}.",
+        "",
+        "| increment | rows | landed → run queued | "
+        + " | ".join(REFRESH_TASKS)
+        + " | landed → published | members | new suppressions |",
+        "|---|---:|---:|" + "---:|" * len(REFRESH_TASKS) + "---:|---|---:|",
+        *[
+            f"| {'warm-up' if i == 0 else i} | {inc['rows']:,} | {inc['run_queued_after']:.1f} s | "
+            + " | ".join(f"{dict(inc['tasks']).get(task, 0):.1f} s" for task in REFRESH_TASKS)
+            + f" | {inc['seconds']:.1f} s | "
+            + ", ".join(f"{name} {n}" for name, n in inc["members"].items())
+            + f" | {inc['new_suppressions']:,} |"
+            for i, inc in enumerate(increments)
+        ],
+        "",
+    ]
+
+
 def scale_section(result: dict) -> list[str]:
     customers = result["customers"]
     lines = [
@@ -324,6 +482,7 @@ def scale_section(result: dict) -> list[str]:
             *[f"| {task} | {seconds:,.1f} |" for task, seconds in daily["tasks"]],
             "",
         ]
+    lines += trigger_section(result)
     comparisons = result.get("comparisons", {})
     if comparisons:
         floor = comparisons.get("duckdb_query", {}).get("seconds")
@@ -497,8 +656,9 @@ def save(customers: int, days: int, result: dict) -> None:
     for part in ("stages", "comparisons"):
         result[part] = {**earlier.get(part, {}), **result[part]}
     result["rows"] = result.get("rows") or earlier.get("rows", {})
-    if "daily_run" not in result and "daily_run" in earlier:
-        result["daily_run"] = earlier["daily_run"]
+    for part in ("daily_run", "trigger_refresh"):
+        if part not in result and part in earlier:
+            result[part] = earlier[part]
     all_results[key] = result
     RESULTS.write_text(json.dumps(all_results, indent=2, sort_keys=True) + "\n")
     write_report(all_results)

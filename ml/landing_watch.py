@@ -2,9 +2,10 @@
 
 `refresh_triggers` is scheduled on the asset `landing_files`, whose asset watcher runs
 `LandingFilesTrigger` in Airflow's triggerer. Every `poll_seconds` it lists the contract
-entities' landing folders. When files have appeared or changed since its last event and have
-stayed the same for one poll (a copy in progress does not count), it fires an event naming them;
-Airflow records it as an event of the asset, which starts a refresh run.
+entities' landing folders. When files have appeared or changed since its last event and none
+has changed for one poll (a copy in progress does not count; a burst of files is one event), it
+fires an event naming them; Airflow records it as an event of the asset, which starts a refresh
+run.
 
 Files are told new by their change time (ctime), which a rename or copy sets to the moment it
 happens, whatever modification time the file keeps: a writer that writes `.part.parquet` and
@@ -29,6 +30,8 @@ from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 from ml.contract import ENTITIES, landing_format
 
 WATERMARK_KEY = "landing_watermark"
+MAX_BUSY_POLLS = 10
+"""Polls a stream of arriving files may keep the watcher waiting for a quiet moment."""
 EVENT_FILES_LISTED = 50
 """An event names at most this many files (all are counted); the refresh loads every new one."""
 
@@ -77,14 +80,20 @@ def unseen(files: dict[str, Stat], watermark: dict) -> dict[str, Stat]:
     }
 
 
-def ready_files(fresh: dict[str, Stat], last_poll: dict[str, Stat]) -> dict[str, Stat]:
-    """The unseen files that stayed the same since the last poll, older than any still
-    changing: the watermark may then move past them without skipping one that is not ready."""
+def ready_files(
+    fresh: dict[str, Stat], last_poll: dict[str, Stat], busy_polls: int
+) -> dict[str, Stat]:
+    """The unseen files to fire for: all of them once none changed since the last poll, so a
+    burst of files makes one event (and one refresh). When files keep arriving for
+    MAX_BUSY_POLLS polls, the settled ones older than any still changing: the watermark may
+    move past those without skipping a file that is not ready."""
     settled = {name: stat for name, stat in fresh.items() if last_poll.get(name) == stat}
-    changing = [stat[1] for name, stat in fresh.items() if name not in settled]
-    if changing:
-        settled = {name: stat for name, stat in settled.items() if stat[1] < min(changing)}
-    return settled
+    if len(settled) == len(fresh):
+        return settled
+    if busy_polls < MAX_BUSY_POLLS:
+        return {}
+    changing = min(stat[1] for name, stat in fresh.items() if name not in settled)
+    return {name: stat for name, stat in settled.items() if stat[1] < changing}
 
 
 class LandingFilesTrigger(BaseEventTrigger):
@@ -117,6 +126,7 @@ class LandingFilesTrigger(BaseEventTrigger):
         landing = Path(self.landing_dir)
         watermark = await self._load_watermark()
         last_poll: dict[str, Stat] = {}
+        busy_polls = 0
         while True:
             files = await asyncio.to_thread(scan_landing, landing)
             if watermark is None:
@@ -126,7 +136,8 @@ class LandingFilesTrigger(BaseEventTrigger):
                     "watching %s: %d files there already count as seen", landing, len(files)
                 )
             fresh = unseen(files, watermark)
-            ready = ready_files(fresh, last_poll)
+            ready = ready_files(fresh, last_poll, busy_polls)
+            busy_polls = busy_polls + 1 if fresh and not ready else 0
             if ready:
                 names = sorted(ready)
                 self.log.info("%d new or changed landing files: %s", len(names), names[:5])
