@@ -10,6 +10,8 @@ The history is generated up to END_DATE + 1 day. The stages up to `drift` run as
 on the whole history (the heaviest load each sees: ingest loads a year at once); `daily_run` is
 then `airflow dags test segment_pipeline` for END_DATE + 1 with the models trained by `train`
 (warm), which ingests that one day's increment, exactly as the scheduler's daily run does.
+`trigger_refresh` then starts `airflow standalone` on the same folder and times increments of
+"now" from landing in the landing zone to refresh_triggers' published delta.
 
 A stage's peak memory is its process's own (wait4): Linux counts in it the largest of the
 processes that child waited for (dbt, Airflow's task runners), not their sum. Results
@@ -285,6 +287,7 @@ def trigger_refresh(env: dict[str, str], work: Path) -> dict:
     refresh_triggers unpaused: the first increment's refresh also evaluates the whole history's
     files and publishes the full suppression list (warm-up); then TRIGGER_INCREMENTS more."""
     from ml.config import load_settings
+
     airflow_ready(env)
     port = free_port()
     env = {

@@ -633,16 +633,17 @@ def _landing_customer_ids(landing_dir: Path, last_day: dt.date) -> np.ndarray:
 
     import pyarrow.csv as pacsv
 
+    from ml.contract import landing_format
     from ml.ingest import normalize_column_name
 
     folder, chunks = landing_dir / "customers", []
     for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
         parts = path.relative_to(folder).parts
         later = any(p.startswith("date=") and p[5:] > last_day.isoformat() for p in parts[:-1])
-        suffix = path.suffix.lower()
-        if suffix not in (".parquet", ".csv") or path.name.startswith((".", "_")) or later:
+        fmt = landing_format(path.name)
+        if fmt is None or later:
             continue
-        if suffix == ".parquet":
+        if fmt == "parquet":
             names = pq.read_schema(path).names
         else:
             with path.open(encoding="utf-8-sig", errors="replace") as handle:
@@ -652,7 +653,7 @@ def _landing_customer_ids(landing_dir: Path, last_day: dt.date) -> np.ndarray:
         name = next((n for n in names if normalize_column_name(n) == "customer_id"), None)
         if name is None:
             continue  # the loader rejects such a file anyway
-        if suffix == ".parquet":
+        if fmt == "parquet":
             column = pq.read_table(path, columns=[name]).column(0)
         else:
             column = pacsv.read_csv(

@@ -225,3 +225,26 @@ def test_a_cold_start_without_a_passing_model_fails_without_retrying(
     task = dag_bag.dags["segment_pipeline"].get_task("ensure_champions")
     with pytest.raises(AirflowFailException, match="no champion after training"):
         task.python_callable(params={"as_of_date": "2026-06-30"})
+
+
+def test_refresh_triggers_runs_on_landing_files_through_the_gates_before_the_pool_queue(
+    dag_bag: DagBag,
+):
+    from ml.config import load_settings
+    from ml.landing_watch import LandingFilesTrigger
+
+    dag = dag_bag.dags["refresh_triggers"]
+    (asset,) = dag.timetable.asset_condition.objects
+    (watcher,) = asset.watchers
+    assert isinstance(watcher.trigger, LandingFilesTrigger)
+    assert watcher.trigger.landing_dir == str(load_settings().landing_dir)
+    order = ["ingest", "raw_gate", "evaluate", "triggers_gate", "publish"]
+    for upstream, task_id in zip(order, order[1:], strict=False):
+        assert upstream in dag.get_task(task_id).upstream_task_ids, task_id
+    for task in dag.tasks:
+        assert (task.pool, task.queue) == (WAREHOUSE_POOL, WAREHOUSE_QUEUE), task.task_id
+        # Ahead of the daily and training runs' tasks when they wait for the slot.
+        assert (task.priority_weight, str(task.weight_rule)) == (100, "absolute"), task.task_id
+    # A daily task's weight is the sum of its own and its downstream tasks' weights (1 each).
+    daily = dag_bag.dags["segment_pipeline"]
+    assert {t.priority_weight for t in daily.tasks} == {1} and len(daily.tasks) < 100
