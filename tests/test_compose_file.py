@@ -135,6 +135,11 @@ def test_one_worker_serves_the_warehouse_queue_with_one_slot_and_holds_the_data(
     assert command[command.index("--concurrency") + 1] == "1"
     for name in workers:
         assert "segflow-data:/data" in SERVICES[name]["volumes"], name
+    # The landing watcher runs in the triggerer: it lists the files the workers load.
+    landing = COMPOSE["x-airflow-common-env"]["SEGFLOW_LANDING_DIR"]
+    for name in (*workers, "airflow-triggerer"):
+        mounts = [v for v in SERVICES[name]["volumes"] if v.endswith(f":{landing}:ro")]
+        assert len(mounts) == 1, name
     assert "segflow-data" in COMPOSE["volumes"]
     assert COMPOSE["x-airflow-common-env"]["SEGFLOW_DATA_DIR"] == "/data"
 
