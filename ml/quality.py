@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterable
 
 import pandas as pd
 
@@ -120,24 +121,37 @@ def check_quarantine(settings: Settings, loaded_at: dt.datetime) -> str:
 
 def run_raw_gate(settings: Settings, as_of: dt.date, loaded_at: dt.datetime) -> list:
     """Quarantine share, then every raw entity's suite on its new rows; raises on errors."""
-    from expectations.runner import GateFailed, validate_frame
     from expectations.suites import raw_suite
 
     check_quarantine(settings, loaded_at)
+    checks = (
+        (
+            new_rows(settings, entity.name, as_of, loaded_at),
+            raw_suite(entity.name, loaded_at + dt.timedelta(seconds=1), as_of, settings.quality),
+        )
+        for entity in ENTITIES
+    )
+    return validate_all(settings, checks, as_of, what=f"raw gate for {as_of}")
+
+
+def validate_all(settings: Settings, checks: Iterable, run_date: dt.date, what: str) -> list:
+    """Each (frame, suite) that has rows; one GateFailed with every suite's failed errors, after
+    all of them ran (their results are stored either way)."""
+    from expectations.runner import GateFailed, validate_frame
+
     reports, problems = [], []
-    for entity in ENTITIES:
-        frame = new_rows(settings, entity.name, as_of, loaded_at)
+    for frame, suite in checks:
         if frame.empty:
+            log.info("%s: no rows for %s", what, suite.name)
             continue
-        suite = raw_suite(entity.name, loaded_at + dt.timedelta(seconds=1), as_of, settings.quality)
-        report = validate_frame(settings, frame, suite, as_of)
+        report = validate_frame(settings, frame, suite, run_date)
         reports.append(report)
         try:
             report.raise_on_errors()
         except GateFailed as failure:
             problems.append(str(failure))
     if problems:
-        raise GateFailed("\n\n".join(problems))
+        raise GateFailed(f"{what}:\n" + "\n\n".join(problems))
     return reports
 
 
@@ -239,43 +253,36 @@ def run_segments_gate(settings: Settings, as_of: dt.date):
 
 
 def run_triggers_gate(settings: Settings, refresh_id: str) -> list:
-    """A trigger refresh's staged members (with their consent as known now) and new
-    suppressions: a failure stops the publish and leaves the last delta export as it was."""
-    from expectations.runner import GateFailed, validate_frame
+    """A trigger refresh's staged members, with their consent as known now (ml.consent, and
+    the latest daily publication), and its new suppressions: a failure stops the publish and
+    leaves the last delta export as it was."""
     from expectations.suites import suppressions_suite, trigger_members_suite
     from ml.consent import create_current_suppressions
-    from ml.triggers import staged_summary
+    from ml.triggers import create_latest_segments, latest_daily_publication, staged_summary
 
     with connect(settings, read_only=True) as con:
         summary = staged_summary(con, refresh_id)
         create_current_suppressions(con)
+        create_latest_segments(con, latest_daily_publication(con))
         members = con.execute(
-            """SELECT m.*, s.reason AS suppression_reason FROM staging.trigger_members m
+            """SELECT m.*, coalesce(s.reason, CASE WHEN NOT l.is_emailable
+                                                  THEN l.suppression_reason END)
+                           AS suppression_reason
+               FROM staging.trigger_members m
                LEFT JOIN current_suppressions s ON s.customer_id = m.customer_id
+               LEFT JOIN latest_segments l ON l.customer_id = m.customer_id
                WHERE m.refresh_id = ?""",
             [refresh_id],
         ).df()
         suppressions = con.execute(
             "SELECT * FROM staging.trigger_suppressions WHERE refresh_id = ?", [refresh_id]
         ).df()
-    run_date = dt.datetime.fromisoformat(summary["evaluated_at"]).date()
-    reports, problems = [], []
-    for frame, suite in (
+    checks = (
         (members, trigger_members_suite(summary["triggers"])),
         (suppressions, suppressions_suite()),
-    ):
-        if frame.empty:
-            log.info("gate %s: nothing staged for refresh %s", suite.name, refresh_id)
-            continue
-        report = validate_frame(settings, frame, suite, run_date)
-        reports.append(report)
-        try:
-            report.raise_on_errors()
-        except GateFailed as failure:
-            problems.append(str(failure))
-    if problems:
-        raise GateFailed(f"refresh {refresh_id}:\n" + "\n\n".join(problems))
-    return reports
+    )
+    run_date = dt.datetime.fromisoformat(summary["evaluated_at"]).date()
+    return validate_all(settings, checks, run_date, what=f"triggers gate of refresh {refresh_id}")
 
 
 def quality_summary(settings: Settings) -> str:

@@ -328,3 +328,26 @@ def test_the_address_rule_is_the_features_rule():
         r"duckdb__is_valid_email.*?regexp_full_match\(\{\{ column \}\}, '([^']+)'", macros, re.S
     )
     assert pattern and pattern.group(1) == VALID_ADDRESS_PATTERN
+
+
+def test_the_gate_stops_a_refresh_that_would_mail_a_suppressed_customer(published: Settings):
+    from expectations.runner import GateFailed
+    from ml.quality import run_triggers_gate
+
+    rows = segments(published)
+    buyer = rows.query("is_emailable").customer_id.iloc[0]
+    suppressed = rows.query("not is_emailable").customer_id.iloc[0]
+    land(published, "orders", "orders/a.csv", [order(buyer, T0 - dt.timedelta(minutes=3))])
+    summary = stage_refresh(published, T0)
+    assert len(run_triggers_gate(published, summary["refresh_id"])) == 2  # members, suppressions
+    with connect(published) as con:  # what a bug in the evaluation would stage
+        con.execute(
+            """INSERT INTO staging.trigger_members
+               SELECT refresh_id, trigger, ?, event_at, event_detail, false, evaluated_at
+               FROM staging.trigger_members LIMIT 1""",
+            [suppressed],
+        )
+    with pytest.raises(GateFailed, match="consent: nobody suppressed enters a trigger"):
+        run_triggers_gate(published, summary["refresh_id"])
+    with connect(published, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM published.trigger_members").fetchone()[0] == 0
