@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The longest module first: `make test` runs the modules on two workers (pytest-xdist,
     one module per worker at a time), and it then runs beside all the others instead of last."""
     items.sort(key=lambda item: item.path.name != LONGEST_MODULE)
+
+
+def run_make(target: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`make <target>` in the project, as a user runs it, with `env`."""
+    return subprocess.run(
+        ["make", "--no-print-directory", target],
+        cwd=PROJECT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def free_port() -> int:

@@ -30,7 +30,7 @@ from ml.config import Settings, load_settings
 from ml.publish import publish_segments
 from ml.score import score_customers
 from ml.warehouse import connect
-from tests.conftest import PROJECT_DIR, TRAINED_AS_OF, free_port, processes_with_env
+from tests.conftest import PROJECT_DIR, TRAINED_AS_OF, free_port, processes_with_env, run_make
 
 pytestmark = pytest.mark.slow
 TRIGGERS = """
@@ -56,17 +56,6 @@ WATCHER_TIMEOUT_S = 180
 REFRESH_TIMEOUT_S = 300
 QUIET_S = 5
 """A few of the watcher's polls (1 s here) without a new run: the increment is all done."""
-
-
-def make(target: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["make", "--no-print-directory", target],
-        cwd=PROJECT_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @dataclass
@@ -164,7 +153,7 @@ def live(
     }
     airflow = LiveAirflow(env, settings, root / "airflow")
     try:
-        up = make("up", env)
+        up = run_make("up", env)
         assert up.returncode == 0, f"make up failed:\n{up.stdout}\n{up.stderr}"
         deadline = time.monotonic() + WATCHER_TIMEOUT_S
         while not airflow.metadata("SELECT 1 FROM dag WHERE dag_id = 'refresh_triggers'"):
@@ -186,7 +175,7 @@ def live(
             time.sleep(1)
         yield airflow
     finally:
-        make("down", env)
+        run_make("down", env)
         for pid in processes_with_env("AIRFLOW_HOME", env["AIRFLOW_HOME"]):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -26,7 +26,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from ml.config import Settings
 from ml.registry import CHAMPION, MODEL_KINDS, alias_version, registered_name
-from tests.conftest import free_port, processes_with_env
+from tests.conftest import free_port, processes_with_env, run_make
 
 pytestmark = pytest.mark.slow
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -43,17 +43,6 @@ class UiServers:
     airflow_url: str
     mlflow_url: str
     airflow_home: Path
-
-
-def make(target: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["make", "--no-print-directory", target],
-        cwd=PROJECT_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +65,7 @@ def ui_servers(
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
     }
     try:
-        up = make("up", env)
+        up = run_make("up", env)
         run_dir = root / "airflow" / "run"
         logs = "".join(
             f"\n--- {log.name} (end)\n" + log.read_text()[-3000:] for log in run_dir.glob("*.log")
@@ -88,7 +77,7 @@ def ui_servers(
             airflow_home=root / "airflow",
         )
     finally:
-        down = make("down", env)
+        down = run_make("down", env)
         leftovers = processes_with_env("AIRFLOW_HOME", env["AIRFLOW_HOME"])
         for pid in leftovers:  # still stop them, then fail
             with contextlib.suppress(ProcessLookupError):
