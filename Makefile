@@ -100,6 +100,8 @@ demo:
 	@echo "  MLflow UI    make up, then http://127.0.0.1:$(MLFLOW_PORT) (runs, model cards, registered models and aliases)"
 	@echo "  reports      $(SEGFLOW_DATA_DIR)/reports (Data Docs, segment reports, drift reports)"
 	@echo "  exports      $(SEGFLOW_DATA_DIR)/exports (the audiences an e-mail tool reads)"
+	@echo "  triggers     make up, unpause refresh_triggers, then: .venv/bin/segflow generate --increment --out $(SEGFLOW_LANDING_DIR)"
+	@echo "               and watch $(SEGFLOW_DATA_DIR)/exports/triggers (docs/operations.md, event-driven refresh)"
 
 run: $(AIRFLOW_READY)
 	@test -n "$(AS_OF)" || (echo "usage: make run AS_OF=YYYY-MM-DD" >&2; exit 2)
