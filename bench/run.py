@@ -323,6 +323,7 @@ def trigger_refresh(env: dict[str, str], work: Path) -> dict:
         log.close()
     seconds = sorted(t["seconds"] for t in timed)
     return {
+        "measured_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "warmup": warmup,
         "increments": timed,
         "median_seconds": seconds[len(seconds) // 2],
@@ -426,7 +427,8 @@ def trigger_section(result: dict) -> list[str]:
         met = f" (target: under {TRIGGER_TARGET_S} s at {TRIGGER_TARGET_SCALE:,}: {verdict})"
     increments = [refresh["warmup"], *refresh["increments"]]
     return [
-        "Event-driven refresh (`refresh_triggers` under `airflow standalone`, the landing "
+        f"Event-driven refresh, measured {refresh['measured_at']} (`refresh_triggers` under "
+        "`airflow standalone`, the landing "
         f"watcher polling every {refresh['poll_seconds']:g} s): an increment of the last 3 "
         "hours (`segflow generate --increment`) dropped into the landing zone, timed from its "
         "last file to the published delta's manifest. The first also evaluates every "
