@@ -23,6 +23,7 @@ from ml.readout import ReadoutError
 from ml.registry import NoChampion
 from ml.score import ScoringError
 from ml.training_sets import TrainingSetError
+from ml.triggers import TriggerError
 
 
 def _date(text: str) -> dt.date:
@@ -212,6 +213,15 @@ def cmd_drift(args: argparse.Namespace) -> None:
     print(monitoring_summary(settings, args.as_of))
 
 
+def cmd_triggers(args: argparse.Namespace) -> None:
+    from ml.trigger_exports import refresh_now, refreshes_summary
+
+    settings = load_settings()
+    if args.refresh:
+        print(json.dumps(refresh_now(settings), indent=2, default=str))
+    print(refreshes_summary(settings))
+
+
 def cmd_readout(args: argparse.Namespace) -> None:
     from ml.readout import readout
 
@@ -358,6 +368,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     drift.set_defaults(handler=cmd_drift)
 
+    triggers = commands.add_parser(
+        "triggers",
+        help="the newest trigger refreshes (--refresh: run one now, as refresh_triggers does)",
+    )
+    triggers.add_argument(
+        "--refresh",
+        action="store_true",
+        help="ingest new landing files, evaluate the triggers and publish the delta export",
+    )
+    triggers.set_defaults(handler=cmd_triggers)
+
     readout_parser = commands.add_parser(
         "readout", help="conversion and revenue of an audience's treatment against its holdout"
     )
@@ -405,6 +426,7 @@ EXPLAINED_ERRORS: dict[type[Exception], tuple[str, int]] = {
     PublishError: ("publishing: ", 1),
     ReadoutError: ("readout: ", 1),
     MonitoringError: ("drift monitor: ", 1),
+    TriggerError: ("trigger refresh: ", 1),
 }
 
 

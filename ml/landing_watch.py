@@ -103,8 +103,8 @@ class LandingFilesTrigger(BaseEventTrigger):
         super().__init__()
         self.landing_dir = landing_dir
         self.poll_seconds = poll_seconds
+        # Kept here too, for a watcher run without a state store (outside a triggerer).
         self._watermark: dict | None = None
-        """Kept here when no state store is given (outside a triggerer)."""
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (

@@ -38,7 +38,7 @@ from ml.triggers import (
     latest_daily_publication,
     staged_summary,
 )
-from ml.warehouse import connect
+from ml.warehouse import connect, table_exists
 
 log = logging.getLogger(__name__)
 
@@ -260,3 +260,35 @@ def publish_refresh(settings: Settings, refresh_id: str, run_id: str) -> dict:
             "refresh %s: no trigger member and no new suppression, nothing exported", refresh_id
         )
     return {**manifest, **counts}
+
+
+def refresh_now(settings: Settings, run_id: str = "manual") -> dict:
+    """A whole refresh in this process, as the DAG's tasks run it one by one: ingest the new
+    landing files, the raw gate, evaluate, the triggers gate, publish."""
+    from ml.ingest import ingest_landing
+    from ml.quality import run_raw_gate, run_triggers_gate
+    from ml.triggers import stage_refresh
+
+    loaded_at = ingest_landing(settings, as_of=dt.datetime.now(dt.UTC).date()).loaded_at
+    run_raw_gate(settings, as_of=loaded_at.date(), loaded_at=loaded_at)
+    refresh_id = stage_refresh(settings, loaded_at)["refresh_id"]
+    run_triggers_gate(settings, refresh_id)
+    return publish_refresh(settings, refresh_id, run_id)
+
+
+def refreshes_summary(settings: Settings, newest: int = 10) -> str:
+    """The newest published refreshes, for people (read-only)."""
+    with connect(settings, read_only=True) as con:
+        if not table_exists(con, "published", "trigger_refreshes"):
+            return "trigger refreshes: none published yet"
+        rows = con.execute(
+            f"""SELECT refresh_id, published_at, members, exported, suppressions, exports_dir
+                FROM published.trigger_refreshes ORDER BY evaluated_at DESC LIMIT {newest}"""
+        ).fetchall()
+    lines = [f"trigger refreshes (newest {newest}):"]
+    for refresh_id, published_at, members, exported, suppressions, folder in rows:
+        lines.append(
+            f"  {refresh_id} published {published_at:%Y-%m-%d %H:%M:%S}: {members:,} members "
+            f"({exported:,} exported), {suppressions:,} new suppressions -> {folder or 'no export'}"
+        )
+    return "\n".join(lines)

@@ -351,3 +351,29 @@ def test_the_gate_stops_a_refresh_that_would_mail_a_suppressed_customer(publishe
         run_triggers_gate(published, summary["refresh_id"])
     with connect(published, read_only=True) as con:
         assert con.execute("SELECT count(*) FROM published.trigger_members").fetchone()[0] == 0
+
+
+def test_segflow_triggers_refresh_runs_one_refresh_without_airflow(
+    settings: Settings, landing_copy: Path, monkeypatch, capsys
+):
+    from ml.cli import main
+    from ml.ingest import ingest_landing
+    from ml.synthetic import generate_increment
+
+    monkeypatch.setenv("SEGFLOW_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("SEGFLOW_LANDING_DIR", str(landing_copy))
+    ingest_landing(settings, as_of=AS_OF)  # the history, as the daily runs loaded it
+    increment = generate_increment(landing_copy, dt.datetime.now(dt.UTC), hours=3, seed=3)
+
+    assert main(["triggers", "--refresh"]) == 0
+    printed = capsys.readouterr().out
+    manifest = json.loads(printed[: printed.rindex("}") + 1])
+    folder = Path(manifest["exports_dir"])
+    # The first refresh lists everyone suppressed: the increment's opt-outs and the history's.
+    suppressed = set(read_export(folder, "suppressions.csv").customer_id)
+    assert set(increment.unsubscribed) <= suppressed
+    orders = next(path for path in increment.files if path.parts[-3] == "orders")
+    buyers = set(pd.read_parquet(orders).customer_id) - suppressed
+    expected = sorted(c for c in buyers if holdout("recent_buyer", c) >= 0.05)
+    assert list(read_export(folder, "recent_buyer.csv").customer_id) == expected
+    assert f"{manifest['refresh_id']} published" in printed
