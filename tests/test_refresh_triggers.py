@@ -139,12 +139,16 @@ def live(
     score_customers(settings, TRAINED_AS_OF)
     publish_segments(settings, TRAINED_AS_OF, run_id="daily", gate_passed=True)
 
+    port = free_port()
     env = {
         **os.environ,
         **overrides,
         "AIRFLOW_HOME": str(root / "airflow"),
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
-        "AIRFLOW__API__PORT": str(free_port()),
+        "AIRFLOW__API__PORT": str(port),
+        # Under `make test` the caller's environment holds the Makefile's URLs for port 8080.
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "MLFLOW_PORT": str(free_port()),
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
