@@ -111,6 +111,16 @@ def _staged_summary(settings: Settings, as_of: dt.date) -> tuple[int, int, dict[
     return rows, emailable, model_versions
 
 
+def write_csv(con: duckdb.DuckDBPyConnection, select: str, params: list, path: Path) -> int:
+    """The query's rows as an export file (readable by its owner only); returns the rows."""
+    rows = con.execute(
+        f"COPY ({select}) TO '{path}' (FORMAT csv, HEADER true, DELIMITER ',', NEW_LINE '\\n')",
+        params,
+    ).fetchone()[0]
+    path.chmod(0o600)
+    return rows
+
+
 def _write_exports(
     con: duckdb.DuckDBPyConnection,
     as_of: dt.date,
@@ -124,20 +134,19 @@ def _write_exports(
     select = ", ".join(f"{expression} AS {name}" for name, expression in EXPORT_COLUMNS.items())
     for audience, _, holdout_share, treatment, holdout in audience_counts(con, "staging", as_of):
         path = folder / f"{audience}.csv"
-        rows = con.execute(
-            f"""COPY (
-                SELECT {select}
+        rows = write_csv(
+            con,
+            f"""SELECT {select}
                 FROM staging.audience_members m
                 JOIN staging.customer_segments s
                     ON s.as_of_date = m.as_of_date AND s.customer_id = m.customer_id
                 JOIN raw.customers c ON c.customer_id = s.customer_id
-                ANTI JOIN current_suppressions now ON now.customer_id = s.customer_id
+                ANTI JOIN current_suppressions suppressed ON suppressed.customer_id = s.customer_id
                 WHERE m.as_of_date = ? AND m.audience = ? AND NOT m.is_holdout AND s.is_emailable
-                ORDER BY s.customer_id
-            ) TO '{path}' (FORMAT csv, HEADER true, DELIMITER ',', NEW_LINE '\\n')""",
+                ORDER BY s.customer_id""",
             [as_of, audience],
-        ).fetchone()[0]
-        path.chmod(0o600)
+            path,
+        )
         audiences[audience] = {
             "file": path.name,
             "rows": rows,

@@ -31,6 +31,7 @@ import duckdb
 from ml.config import Settings
 from ml.consent import create_current_suppressions
 from ml.ingest import file_sha256
+from ml.publish import write_csv
 from ml.triggers import (
     TriggerError,
     create_latest_segments,
@@ -60,15 +61,6 @@ def trigger_exports_dir(settings: Settings) -> Path:
     return settings.exports_dir / "triggers"
 
 
-def _copy_csv(con: duckdb.DuckDBPyConnection, select: str, params: list, path: Path) -> int:
-    rows = con.execute(
-        f"COPY ({select}) TO '{path}' (FORMAT csv, HEADER true, DELIMITER ',', NEW_LINE '\\n')",
-        params,
-    ).fetchone()[0]
-    path.chmod(0o600)
-    return rows
-
-
 def _write_exports(
     con: duckdb.DuckDBPyConnection,
     refresh_id: str,
@@ -82,7 +74,7 @@ def _write_exports(
     entries = {}
     for trigger in triggers:
         path = folder / f"{trigger}.csv"
-        rows = _copy_csv(
+        rows = write_csv(
             con,
             f"""SELECT {select} FROM publishable m
                 JOIN raw.customers c ON c.customer_id = m.customer_id
@@ -101,13 +93,11 @@ def _write_exports(
             "sha256": file_sha256(path),
         }
     path = folder / SUPPRESSIONS_FILE
-    rows = _copy_csv(
+    rows = write_csv(
         con,
         """SELECT customer_id, reason, strftime(occurred_at, '%Y-%m-%dT%H:%M:%SZ') AS occurred_at
-           FROM staging.trigger_suppressions WHERE refresh_id = ?
-             AND customer_id NOT IN (SELECT customer_id FROM published.suppressions)
-           ORDER BY customer_id""",
-        [refresh_id],
+           FROM publishable_suppressions ORDER BY customer_id""",
+        [],
         path,
     )
     manifest = {
@@ -129,11 +119,7 @@ def _record(con: duckdb.DuckDBPyConnection, refresh_id: str, run_id: str, counts
            FROM publishable ORDER BY trigger, customer_id"""
     )
     con.execute(
-        """INSERT INTO published.suppressions
-           SELECT * FROM staging.trigger_suppressions WHERE refresh_id = ?
-             AND customer_id NOT IN (SELECT customer_id FROM published.suppressions)
-           ORDER BY customer_id""",
-        [refresh_id],
+        "INSERT INTO published.suppressions SELECT * FROM publishable_suppressions ORDER BY ALL"
     )
     con.execute(
         """INSERT INTO published.trigger_evaluated_files
@@ -157,7 +143,8 @@ def _record(con: duckdb.DuckDBPyConnection, refresh_id: str, run_id: str, counts
 
 
 def _create_publishable(con: duckdb.DuckDBPyConnection, refresh_id: str) -> int:
-    """The temp table `publishable`: the staged members still e-mailable now. Returns how many
+    """The temp tables `publishable`, the staged members still e-mailable now, and
+    `publishable_suppressions`, the staged suppressions not published yet. Returns how many
     staged members consent now leaves out."""
     create_current_suppressions(con)
     create_latest_segments(con, latest_daily_publication(con))
@@ -168,6 +155,12 @@ def _create_publishable(con: duckdb.DuckDBPyConnection, refresh_id: str) -> int:
            WHERE m.refresh_id = ?
              AND m.customer_id NOT IN (SELECT customer_id FROM current_suppressions)
              AND coalesce(l.is_emailable, true)""",
+        [refresh_id],
+    )
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE publishable_suppressions AS
+           SELECT * FROM staging.trigger_suppressions WHERE refresh_id = ?
+             AND customer_id NOT IN (SELECT customer_id FROM published.suppressions)""",
         [refresh_id],
     )
     return con.execute(
@@ -204,11 +197,7 @@ def publish_refresh(settings: Settings, refresh_id: str, run_id: str) -> dict:
         (members, exported) = con.execute(
             "SELECT count(*), count(*) FILTER (WHERE NOT is_holdout) FROM publishable"
         ).fetchone()
-        (suppressions,) = con.execute(
-            """SELECT count(*) FROM staging.trigger_suppressions WHERE refresh_id = ?
-                 AND customer_id NOT IN (SELECT customer_id FROM published.suppressions)""",
-            [refresh_id],
-        ).fetchone()
+        (suppressions,) = con.execute("SELECT count(*) FROM publishable_suppressions").fetchone()
         anything = members > 0 or suppressions > 0
         counts = {
             "members": members,
