@@ -140,10 +140,9 @@ backfill: $(AIRFLOW_READY)
 		--reprocess-behavior completed --max-active-runs 1
 	@echo "progress: http://127.0.0.1:$(AIRFLOW__API__PORT)/dags/segment_pipeline (runs of type backfill), or: airflow dags list-runs segment_pipeline"
 
-# Three workers on two cores, a module each at a time: the Airflow end-to-end modules spend
-# much of their time waiting on schedulers and services, which a third worker fills.
+# Two workers, a module each at a time: the Airflow end-to-end modules mostly wait on processes.
 test: $(INSTALLED) $(DBT_MANIFEST)
-	$(BIN)/pytest -n 3 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile
 
 test-fast: $(INSTALLED) $(DBT_MANIFEST)
 	$(BIN)/pytest -m "not slow"

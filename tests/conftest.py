@@ -33,22 +33,13 @@ TRAINED_AS_OF = dt.date(2026, 6, 30)
 """The date `trained_settings` trained its models as of, and has customer_features for."""
 
 
-LONGEST_MODULES = (
-    "test_production_stack.py",
-    "test_pipeline_airflow.py",
-    "test_refresh_triggers.py",
-    "test_interrupted_steps.py",
-    "test_ui.py",
-    "test_train.py",
-    "test_features.py",
-)
-"""The modules that take longest, longest first (pytest's --durations in CI)."""
+LONGEST_MODULES = ("test_production_stack.py", "test_refresh_triggers.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest modules first: `make test` hands the modules out to its workers one at a
-    time (pytest-xdist, --dist loadfile) in this order, so the long ones start early and the
-    short ones fill the gaps at the end, instead of a long one running alone last."""
+    """The longest modules first: `make test` runs the modules on two workers (pytest-xdist,
+    one module per worker at a time), so each worker starts with one of them and runs the
+    others beside it instead of last."""
     order = {name: rank for rank, name in enumerate(LONGEST_MODULES)}
     items.sort(key=lambda item: order.get(item.path.name, len(order)))
 
