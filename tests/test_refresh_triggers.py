@@ -52,7 +52,7 @@ triggers:
     filters: {churn_risk_band: [high]}
     holdout_share: 0.0
 """
-WATCHER_TIMEOUT_S = 180
+WATCHER_TIMEOUT_S = 300
 REFRESH_TIMEOUT_S = 300
 QUIET_S = 5
 """A few of the watcher's polls (1 s here) without a new run: the increment is all done."""
