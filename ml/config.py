@@ -43,6 +43,28 @@ class QualityThresholds:
 
 
 @dataclass(frozen=True)
+class LoadingSettings:
+    """How landing files are read and what waits (ml/ingest.py, ml/landing.py)."""
+
+    encoding: str
+    """SEGFLOW_LANDING_ENCODING: the text encoding of every CSV, TSV and JSON-lines file
+    (default utf-8, with or without a byte order mark; latin-1 or utf-16 for other exports)."""
+    clock_skew_hours: float
+    """SEGFLOW_CLOCK_SKEW_HOURS: a row whose timestamp is later than the load time by at most
+    this much is held until that time has passed (clock skew, local time without an offset);
+    later still, it is rejected."""
+    hold_days: float
+    """SEGFLOW_HOLD_DAYS: how long a held row (waiting for its customer or its time) is retried
+    before it becomes a rejection."""
+    empty_opt_in_emailable: bool
+    """SEGFLOW_EMPTY_OPT_IN_MEANS: what an empty `email_opt_in` means: `opted_out` (default,
+    not e-mailable) or `opted_in`."""
+    stale_data: str
+    """SEGFLOW_STALE_DATA: what a run does when the newest order is older than the freshness
+    limit: `stop` (default) or `publish` (with the staleness stated in the manifest)."""
+
+
+@dataclass(frozen=True)
 class ModelSettings:
     """How models are trained and promoted (ml/train.py, ml/registry.py); each has an override."""
 
@@ -132,6 +154,7 @@ class Settings:
     landing_poll_seconds: float
     """SEGFLOW_LANDING_POLL_SECONDS: how often the landing zone's watcher looks for new files
     (ml/landing_watch.py); a file counts once it stayed the same for one look."""
+    loading: LoadingSettings
     quality: QualityThresholds
     models: ModelSettings
     publishing: PublishSettings
@@ -256,6 +279,26 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name}={raw!r}: expected true or false")
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = _given(env, name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+def _encoding(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = _given(env, name)
+    if raw is None:
+        return default
+    value = raw.strip().lower().replace("_", "-")
+    if value not in ("utf-8", "utf8", "latin-1", "latin1", "utf-16"):
+        raise ConfigError(f"{name}={raw!r}: expected utf-8, latin-1 or utf-16")
+    return {"utf8": "utf-8", "latin1": "latin-1"}.get(value, value)
+
+
 def _file(env: Mapping[str, str], name: str, default: Path) -> Path:
     raw = _given(env, name)
     if raw is None:
@@ -322,6 +365,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         airflow_home=_path(env, "AIRFLOW_HOME", PROJECT_DIR / ".airflow"),
         duckdb_memory_limit=_memory_size(env, "SEGFLOW_DUCKDB_MEMORY_LIMIT", "4GB"),
         landing_poll_seconds=_positive_float(env, "SEGFLOW_LANDING_POLL_SECONDS", 5.0),
+        loading=LoadingSettings(
+            encoding=_encoding(env, "SEGFLOW_LANDING_ENCODING", "utf-8"),
+            clock_skew_hours=_positive_float(env, "SEGFLOW_CLOCK_SKEW_HOURS", 24.0),
+            hold_days=_positive_float(env, "SEGFLOW_HOLD_DAYS", 7.0),
+            empty_opt_in_emailable=_choice(
+                env, "SEGFLOW_EMPTY_OPT_IN_MEANS", ("opted_out", "opted_in"), "opted_out"
+            )
+            == "opted_in",
+            stale_data=_choice(env, "SEGFLOW_STALE_DATA", ("stop", "publish"), "stop"),
+        ),
         quality=QualityThresholds(
             freshness_max_days=_positive_int(env, "SEGFLOW_FRESHNESS_MAX_DAYS", 3),
             quarantine_max_share=_share(env, "SEGFLOW_QUARANTINE_MAX_SHARE", 0.05),

@@ -1,4 +1,4 @@
-"""The data contract (shared/data-contract.md) as data: entities, columns, types and rules.
+"""The data contract as data: entities, columns, types and rules.
 
 The loader enforces exactly what is declared here, and the README's contract table is written
 from the same facts, so there is one definition of what a user must bring.
@@ -6,20 +6,8 @@ from the same facts, so there is one definition of what a user must bring.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
-
-LANDING_SUFFIXES = {".csv": "csv", ".parquet": "parquet"}
-"""The file formats of the landing zone, by suffix (any case)."""
-
-
-def landing_format(name: str) -> str | None:
-    """The format of a landing file by its name, or None when it is not one: hidden and
-    underscore names are writers' temporaries or markers (_SUCCESS), never data."""
-    if name.startswith((".", "_")):
-        return None
-    return LANDING_SUFFIXES.get(Path(name).suffix.lower())
-
 
 # Warehouse types of the contract's logical types.
 SQL_TYPES = {
@@ -45,6 +33,12 @@ class Column:
     """A regular expression the (trimmed) value must match."""
     pattern_rule: str = ""
     not_in_future: bool = False
+    """Later than the load time: held while within the clock-skew tolerance, else rejected."""
+    is_id: bool = False
+    """An identifier: kept as text, and a number is written as an integer where it is one
+    (`42`, `42.0` and the Parquet integer 42 are all `42`)."""
+    synonyms: tuple[tuple[str, str], ...] = ()
+    """Other tools' names for accepted values, by normalised spelling (see `spelling`)."""
     reject_row: bool | None = None
     """What a broken rule does: reject the row into quarantine, or (False) keep the row with
     this value set to null. Default: reject when the column is required."""
@@ -67,6 +61,15 @@ class Entity:
     references_customers: bool = True
     present_columns: tuple[str, ...] = field(default=())
     """Columns whose header must be present even though their values may be empty."""
+    versioned: bool = False
+    """A row delivered again for a known key is a new version when any value differs (raw
+    keeps every version in `raw.<singular>_versions`); otherwise the entity is append-only and
+    a known key with other values is rejected."""
+
+    @property
+    def table(self) -> str:
+        """The raw table rows are appended to."""
+        return f"{self.name.removesuffix('s')}_versions" if self.versioned else self.name
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -77,6 +80,67 @@ class Entity:
 
 
 EMAIL_EVENT_TYPES = ("sent", "delivered", "open", "click", "bounce", "unsubscribe", "complaint")
+EMAIL_EVENT_SYNONYMS = {
+    # SendGrid's event webhook and activity exports
+    "processed": "sent",
+    "dropped": "bounce",
+    "spamreport": "complaint",
+    "group_unsubscribe": "unsubscribe",
+    # Mailchimp's webhooks and activity exports
+    "send": "sent",
+    "hard_bounce": "bounce",
+    "cleaned": "bounce",
+    "unsub": "unsubscribe",
+    "abuse": "complaint",
+    # Klaviyo's metrics
+    "received_email": "delivered",
+    "opened_email": "open",
+    "clicked_email": "click",
+    "bounced_email": "bounce",
+    "dropped_email": "bounce",
+    "unsubscribed": "unsubscribe",
+    "unsubscribed_from_email_marketing": "unsubscribe",
+    "marked_email_as_spam": "complaint",
+    # Segment's e-mail spec and other common spellings
+    "email_sent": "sent",
+    "email_delivered": "delivered",
+    "email_opened": "open",
+    "opened": "open",
+    "email_link_clicked": "click",
+    "clicked": "click",
+    "email_bounced": "bounce",
+    "bounced": "bounce",
+    "email_marked_as_spam": "complaint",
+    "spam": "complaint",
+    "spam_complaint": "complaint",
+    "delivery": "delivered",
+}
+"""The e-mail tools' names for the contract's event types, by their normalised spelling
+(lower case, every run of other characters an underscore: `Marked Email as Spam` is
+`marked_email_as_spam`). A name the contract knows itself needs no entry. Soft bounces and
+deferrals are not listed: they suppress nobody and are rejected as unknown types."""
+OPT_IN_SPELLINGS = {
+    **dict.fromkeys(("true", "t", "yes", "y", "1", "on", "opted_in", "opt_in", "subscribed"), True),
+    **dict.fromkeys(
+        (
+            "false",
+            "f",
+            "no",
+            "n",
+            "0",
+            "off",
+            "opted_out",
+            "opt_out",
+            "unsubscribed",
+            "not_subscribed",
+            "non_subscribed",
+            "cleaned",
+        ),
+        False,
+    ),
+}
+"""What `email_opt_in` values mean, by their normalised spelling (as for event types). Any
+other value makes the customer not e-mailable and is reported in quarantine."""
 WEB_EVENT_TYPES = ("page_view", "product_view", "add_to_cart", "checkout", "search")
 ORDER_STATUSES = ("completed", "cancelled", "refunded")
 EMAIL_DEVICES = ("desktop", "mobile", "tablet", "other")
@@ -86,17 +150,19 @@ CUSTOMERS = Entity(
     required=True,
     key="customer_id",
     references_customers=False,
+    versioned=True,
     # An address may be missing (the customer is then not e-mailable), but the column may not.
     present_columns=("email",),
     columns=(
-        Column("customer_id", "string", required=True),
+        Column("customer_id", "string", required=True, is_id=True),
         Column("email", "string"),
         Column("signup_at", "timestamp", required=True, not_in_future=True),
         Column("country", "string", pattern=r"^[A-Za-z]{2}$", pattern_rule="ISO-3166 alpha-2"),
         Column("birth_year", "integer", minimum=1900, maximum_is_current_year=True),
         Column("gender", "string"),
         Column("acquisition_channel", "string"),
-        Column("email_opt_in", "boolean"),
+        Column("email_opt_in", "boolean", reject_row=False),
+        Column("updated_at", "timestamp"),
     ),
 )
 
@@ -104,14 +170,16 @@ ORDERS = Entity(
     name="orders",
     required=True,
     key="order_id",
+    versioned=True,
     columns=(
-        Column("order_id", "string", required=True),
-        Column("customer_id", "string", required=True),
+        Column("order_id", "string", required=True, is_id=True),
+        Column("customer_id", "string", required=True, is_id=True),
         Column("ordered_at", "timestamp", required=True, not_in_future=True),
         Column("amount", "decimal", required=True, minimum=0),
         Column("items", "integer", minimum=1),
         Column("category", "string"),
         Column("status", "string", accepted=ORDER_STATUSES, reject_row=True),
+        Column("updated_at", "timestamp"),
     ),
 )
 
@@ -120,10 +188,16 @@ EMAIL_EVENTS = Entity(
     required=False,
     key="event_id",
     columns=(
-        Column("event_id", "string", required=True),
-        Column("customer_id", "string", required=True),
-        Column("campaign_id", "string", required=True),
-        Column("event_type", "string", required=True, accepted=EMAIL_EVENT_TYPES),
+        Column("event_id", "string", required=True, is_id=True),
+        Column("customer_id", "string", required=True, is_id=True),
+        Column("campaign_id", "string", required=True, is_id=True),
+        Column(
+            "event_type",
+            "string",
+            required=True,
+            accepted=EMAIL_EVENT_TYPES,
+            synonyms=tuple(EMAIL_EVENT_SYNONYMS.items()),
+        ),
         Column("occurred_at", "timestamp", required=True, not_in_future=True),
         Column("device", "string", accepted=EMAIL_DEVICES),
     ),
@@ -134,9 +208,9 @@ WEB_EVENTS = Entity(
     required=False,
     key="event_id",
     columns=(
-        Column("event_id", "string", required=True),
-        Column("customer_id", "string", required=True),
-        Column("session_id", "string", required=True),
+        Column("event_id", "string", required=True, is_id=True),
+        Column("customer_id", "string", required=True, is_id=True),
+        Column("session_id", "string", required=True, is_id=True),
         Column("event_type", "string", required=True, accepted=WEB_EVENT_TYPES),
         Column("occurred_at", "timestamp", required=True, not_in_future=True),
         Column("device", "string"),
@@ -149,8 +223,8 @@ REVIEWS = Entity(
     required=False,
     key="review_id",
     columns=(
-        Column("review_id", "string", required=True),
-        Column("customer_id", "string", required=True),
+        Column("review_id", "string", required=True, is_id=True),
+        Column("customer_id", "string", required=True, is_id=True),
         Column("created_at", "timestamp", required=True, not_in_future=True),
         Column("rating", "integer", minimum=1, maximum=5, reject_row=True),
         Column("text", "string"),
@@ -163,3 +237,9 @@ REVIEWS = Entity(
 # Load order matters: customers first, so that references to them can be checked.
 ENTITIES: tuple[Entity, ...] = (CUSTOMERS, ORDERS, EMAIL_EVENTS, WEB_EVENTS, REVIEWS)
 ENTITY_BY_NAME = {e.name: e for e in ENTITIES}
+
+
+def spelling(value: str) -> str:
+    """The normalised spelling of a name or value: `Order ID`, `order-id` and `ORDER_ID` are all
+    `order_id`; `Marked Email as Spam` is `marked_email_as_spam`."""
+    return re.sub(r"[^0-9a-z]+", "_", value.strip().lower()).strip("_")

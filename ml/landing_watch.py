@@ -27,7 +27,8 @@ from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
-from ml.contract import ENTITIES, landing_format
+from ml.contract import ENTITIES
+from ml.landing import is_writer_artifact, landing_format
 
 WATERMARK_KEY = "landing_watermark"
 MAX_BUSY_POLLS = 10
@@ -45,7 +46,7 @@ def scan_landing(landing_dir: Path) -> dict[str, Stat]:
     for entity in ENTITIES:
         folder = landing_dir / entity.name
         for root, folders, names in os.walk(folder):
-            folders[:] = [name for name in folders if not name.startswith((".", "_"))]
+            folders[:] = [name for name in folders if not is_writer_artifact(name)]
             for name in names:
                 if landing_format(name) is None:
                     continue
