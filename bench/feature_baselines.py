@@ -336,7 +336,7 @@ SELECT
     r.avg_rating,
     coalesce(regexp_full_match(lower(trim(c.email)), $valid_email), false) AS has_valid_email,
     -- The contract: an absent opt-in means opted in.
-    coalesce(c.email_opt_in, true) AS is_opted_in
+    coalesce(c.email_opt_in, false) AS is_opted_in  -- empty: not e-mailable (the default)
 FROM known_customers c
 LEFT JOIN order_scores o ON o.customer_id = c.customer_id
 LEFT JOIN favourite_categories fc ON fc.customer_id = c.customer_id
@@ -495,7 +495,7 @@ def _customer_features(
             "age_band": age_band.astype(object).where(age.notna(), "unknown"),
             "acquisition_channel": known.acquisition_channel.str.lower(),
             "has_valid_email": email.str.fullmatch(VALID_EMAIL).fillna(False).astype(bool),
-            "is_opted_in": known.email_opt_in.fillna(True).astype(bool),
+            "is_opted_in": known.email_opt_in.fillna(False).astype(bool),
         }
     )
 

@@ -39,6 +39,7 @@ from airflow.sdk import Asset, AssetWatcher, dag, task
 from ml.config import load_settings
 from ml.landing_watch import LandingFilesTrigger
 from ml.orchestration import (
+    DAG_START_DATE,
     DEFAULT_ARGS,
     PUBLISHED_TRIGGERS,
     RAW_TABLES,
@@ -69,7 +70,7 @@ REFRESH_TASK = {**WAREHOUSE_TASK, "priority_weight": 100, "weight_rule": "absolu
 @dag(
     dag_id="refresh_triggers",
     schedule=[LANDING_FILES],
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    start_date=DAG_START_DATE,
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
@@ -88,11 +89,12 @@ def refresh_triggers():
 
     @task(**REFRESH_TASK, retries=0, outlets=[VALIDATION_RESULTS])
     def raw_gate(loaded_at: str) -> None:
-        """The daily run's raw gate on the rows this refresh loaded."""
+        """The raw gate on the rows no gate has judged yet. A bad file or stale orders do not
+        stop a refresh (they stop the daily run): the good files' unsubscribes count now."""
         from ml.quality import run_raw_gate
 
         moment = dt.datetime.fromisoformat(loaded_at)
-        run_raw_gate(load_settings(), as_of=moment.date(), loaded_at=moment)
+        run_raw_gate(load_settings(), as_of=moment.date(), loaded_at=moment, daily=False)
 
     @task(**REFRESH_TASK, inlets=RAW_TABLES, outlets=STAGED_TRIGGERS)
     def evaluate(loaded_at: str) -> str:

@@ -15,8 +15,9 @@ The daily run of segflow for one as-of date (the day of the run's logical date, 
    `customer_features` (for the date) and `training_labels` (for the date minus the label
    horizon) run, then `dbt_project_test` runs every data and unit test of the project.
 5. **features_gate**: the `customer_features` suite for the date.
-6. **ensure_champions**: cold start. When a model has no `champion` yet, the models are trained
-   first (the same code as the `train_models` DAG), instead of failing.
+6. **ensure_champions**: cold start. The models that have no `champion` yet are trained first
+   (the same code as the `train_models` DAG), instead of failing; a model the data cannot
+   support is marked not applicable (its scores are null) until the next scheduled training.
 7. **score**: every customer of the date scored by the champions (loaded by alias), in chunks,
    into `staging.customer_segments`.
 8. **segments_gate**: the `customer_segments` suite on the staged rows.
@@ -53,6 +54,7 @@ from ml.config import load_settings
 from ml.features import DBT_EXECUTABLE, DBT_PROJECT_DIR, dbt_environment
 from ml.orchestration import (
     AUDIENCE_EXPORTS,
+    DAG_START_DATE,
     DEFAULT_ARGS,
     DRIFT_ALERT,
     DRIFT_REPORT,
@@ -67,6 +69,7 @@ from ml.orchestration import (
     VALIDATION_RESULTS,
     WAREHOUSE_TASK,
     as_of_param,
+    fail_at_once_on_lasting_errors,
     resolve_as_of,
 )
 
@@ -78,7 +81,7 @@ SETTINGS = load_settings()
 @dag(
     dag_id="segment_pipeline",
     schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    start_date=DAG_START_DATE,
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
@@ -168,19 +171,14 @@ def segment_pipeline():
 
     @task(**WAREHOUSE_TASK, outlets=REGISTERED_MODELS)
     def ensure_champions(params=None, data_interval_start=None, logical_date=None) -> list[str]:
-        """Cold start: train the models when any has no champion yet. Returns what was missing."""
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from ml.registry import NoChampion
+        """Cold start: train the models that have no champion yet (a model not applicable
+        waits for the next scheduled training). Returns what was missing."""
         from ml.train import ensure_champions
 
-        try:
+        with fail_at_once_on_lasting_errors():
             return ensure_champions(
                 load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
             )
-        except NoChampion as error:
-            # Training again on the same data fails the same way: no retry, no more versions.
-            raise AirflowFailException(str(error)) from error
 
     @task(**WAREHOUSE_TASK, inlets=[*FEATURE_MARTS, *REGISTERED_MODELS], outlets=STAGED_SEGMENTS)
     def score(params=None, data_interval_start=None, logical_date=None) -> int:

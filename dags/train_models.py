@@ -13,22 +13,26 @@ models the `models` param names (a drift-triggered run: the models the alert nam
 2. **train_model** (one mapped task per model, all of them or those the `models` param names): hyper-parameter search under time-aware
    cross-validation, calibration, evaluation on the validation snapshot against a baseline
    that needs no learning, an MLflow run with charts and a model card, and a new registered
-   version with the alias `challenger`.
+   version with the alias `challenger`. A model whose training set lacks the outcomes to learn
+   from (no e-mail events: no click to predict) is marked not applicable instead, with the
+   reason; its scores stay null until a training finds enough.
 3. **promote** (one per model): the gate. The challenger must beat the baseline and be no worse
    than the `champion` on the same snapshot beyond `SEGFLOW_PROMOTION_TOLERANCE`; then
    `champion` moves, unless `SEGFLOW_AUTO_PROMOTE=false` leaves that to a person in the MLflow
    UI. Each version is tagged with its validation status and the reason.
 4. **summary**: what was promoted and why, in the log.
+
+Settings or data that cannot give a training set fail the task at once, without retries: the
+next try would fail the same way.
 """
 
 from __future__ import annotations
-
-import datetime as dt
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
 from ml.config import load_settings
 from ml.orchestration import (
+    DAG_START_DATE,
     DEFAULT_ARGS,
     DRIFT_ALERT,
     FEATURE_MARTS,
@@ -38,6 +42,7 @@ from ml.orchestration import (
     WAREHOUSE_TASK,
     as_of_param,
     drift_request,
+    fail_at_once_on_lasting_errors,
     resolve_as_of,
 )
 
@@ -47,7 +52,7 @@ from ml.orchestration import (
     schedule=AssetOrTimeSchedule(
         timetable=CronTriggerTimetable("0 4 * * 1", timezone="UTC"), assets=[DRIFT_ALERT]
     ),
-    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    start_date=DAG_START_DATE,
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
@@ -80,23 +85,32 @@ def train_models():
             # Retrain as of the date whose drift raised the alert, on the data that showed it.
             params = {**params, "as_of_date": drift["as_of_date"]}
         as_of = resolve_as_of(params, data_interval_start, logical_date)
-        return str(build_training_set(load_settings(), as_of))
+        with fail_at_once_on_lasting_errors():
+            return str(build_training_set(load_settings(), as_of))
 
     # Two cores: one model at a time gets both of them.
     @task(max_active_tis_per_dagrun=1)
     def train_model(kind: str, training_set_dir: str) -> dict:
-        """Tune, train, evaluate and register one model as `challenger`."""
+        """Tune, train, evaluate and register one model as `challenger`, or mark it not
+        applicable when the training set cannot support it."""
         from pathlib import Path
 
         from ml.train import train_and_register
 
-        return train_and_register(load_settings(), kind, Path(training_set_dir))
+        with fail_at_once_on_lasting_errors():
+            return train_and_register(load_settings(), kind, Path(training_set_dir))
 
     @task(outlets=REGISTERED_MODELS)
     def promote(trained: dict) -> dict:
-        """The promotion gate for one new version."""
+        """The promotion gate for one new version (a model not applicable has none)."""
         from ml.registry import promote
 
+        if trained["not_applicable"]:
+            return {
+                "kind": trained["kind"],
+                "status": "not applicable",
+                "reason": trained["not_applicable"],
+            }
         return promote(load_settings(), trained["kind"], trained["version"])
 
     @task

@@ -6,7 +6,12 @@ date published afterwards (ml/publish.py) and every trigger export (ml/triggers.
 the customers in `current_suppressions`, built from everything the warehouse holds now:
 
 - an unsubscribe, complaint or bounce event at any time (the contract: these always suppress);
-- `email_opt_in` false, or an address that is not one, in the customers' current rows.
+- `email_opt_in` false (or empty, unless SEGFLOW_EMPTY_OPT_IN_MEANS=opted_in), or an address
+  that is not one, in the customers' latest versions.
+
+Consent is a log: raw keeps every version of every customer (ml/ingest.py), so each opt-in
+change is kept with the moment it took effect, beside the unsubscribe, complaint and bounce
+events; `raw.consent_log` shows them as one log, from which the state at any time follows.
 
 Consent only ever narrows here: nobody suppressed by a publication becomes e-mailable through
 this table, it only adds the newer suppressions.
@@ -14,7 +19,11 @@ this table, it only adds the newer suppressions.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import duckdb
+
+from ml.contract import VERSION_ORDER
 
 SUPPRESSION_REASONS = ("unsubscribed", "complaint", "hard_bounce", "no_opt_in", "invalid_address")
 """In order of precedence: a customer's first reason that applies is the one recorded (the
@@ -30,13 +39,16 @@ VALID_ADDRESS_PATTERN = r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}"
 the features (a test keeps the two equal)."""
 
 
-def create_current_suppressions(con: duckdb.DuckDBPyConnection) -> int:
+def create_current_suppressions(
+    con: duckdb.DuckDBPyConnection, empty_opt_in_emailable: bool
+) -> int:
     """The temp table `current_suppressions` (customer_id, reason, occurred_at: when the event
     happened, null for opt-in and address), one row per suppressed customer. Returns its rows."""
     events = ", ".join(f"'{event}'" for event in SUPPRESSING_EVENTS)
     reason_of_event = " ".join(
         f"WHEN '{event}' THEN '{reason}'" for event, reason in SUPPRESSING_EVENTS.items()
     )
+    opted_in = f"coalesce(email_opt_in, {str(empty_opt_in_emailable).lower()})"
     precedence = " ".join(
         f"WHEN '{reason}' THEN {rank}" for rank, reason in enumerate(SUPPRESSION_REASONS)
     )
@@ -48,10 +60,10 @@ def create_current_suppressions(con: duckdb.DuckDBPyConnection) -> int:
             FROM raw.email_events WHERE event_type IN ({events}) GROUP BY ALL
             UNION ALL
             SELECT customer_id,
-                   CASE WHEN email_opt_in = false THEN 'no_opt_in' ELSE 'invalid_address' END,
+                   CASE WHEN NOT {opted_in} THEN 'no_opt_in' ELSE 'invalid_address' END,
                    NULL
             FROM raw.customers
-            WHERE email_opt_in = false
+            WHERE NOT {opted_in}
                OR NOT coalesce(regexp_full_match(lower(trim(email)), '{VALID_ADDRESS_PATTERN}'), false)
         )
         SELECT customer_id,
@@ -60,3 +72,50 @@ def create_current_suppressions(con: duckdb.DuckDBPyConnection) -> int:
         FROM reasons GROUP BY customer_id"""
     )
     return con.execute("SELECT count(*) FROM current_suppressions").fetchone()[0]
+
+
+def create_customers_in_force(con: duckdb.DuckDBPyConnection, cutoff: dt.datetime) -> None:
+    """The temp table `customers_in_force` (customer_id, email): each customer's version in
+    force at `cutoff`, by the rule of dbt's stg_shop__customers (the last version that took
+    effect before it; a customer's first version counts since always)."""
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE customers_in_force AS
+        WITH ordered AS (
+            SELECT customer_id, email, _version_at,
+                   row_number() OVER delivery AS version_number,
+                   lead(_version_at) OVER delivery AS superseded_at
+            FROM raw.customer_versions
+            WINDOW delivery AS (PARTITION BY customer_id ORDER BY {VERSION_ORDER})
+        )
+        SELECT customer_id, email FROM ordered
+        WHERE (version_number = 1 OR _version_at < $cutoff)
+          AND (superseded_at IS NULL OR superseded_at >= $cutoff)""",
+        {"cutoff": cutoff},
+    )
+
+
+def create_consent_log(con: duckdb.DuckDBPyConnection) -> None:
+    """The view `raw.consent_log` (customer_id, changed_at, signal, source_file, source_row):
+    every consent signal as one log. A customer's first opt-in state and each change of it in
+    their versions, dated when the version took effect (the first since always: null), and
+    every unsubscribe, complaint and hard bounce."""
+    events = ", ".join(f"'{event}'" for event in SUPPRESSING_EVENTS)
+    reason_of_event = " ".join(
+        f"WHEN '{event}' THEN '{reason}'" for event, reason in SUPPRESSING_EVENTS.items()
+    )
+    con.execute(
+        f"""CREATE OR REPLACE VIEW raw.consent_log AS
+        SELECT customer_id, CASE WHEN version_number > 1 THEN _version_at END AS changed_at,
+               CASE WHEN email_opt_in IS NULL THEN 'opt_in_empty'
+                    WHEN email_opt_in THEN 'opted_in' ELSE 'opted_out' END AS signal,
+               _source_file AS source_file, _source_row AS source_row
+        FROM (SELECT *, lag(email_opt_in) OVER delivery AS previous,
+                     row_number() OVER delivery AS version_number
+              FROM raw.customer_versions
+              WINDOW delivery AS (PARTITION BY customer_id ORDER BY {VERSION_ORDER}))
+        WHERE version_number = 1 OR previous IS DISTINCT FROM email_opt_in
+        UNION ALL
+        SELECT customer_id, occurred_at, CASE event_type {reason_of_event} END,
+               _source_file, _source_row
+        FROM raw.email_events WHERE event_type IN ({events})"""
+    )

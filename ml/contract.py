@@ -9,6 +9,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+VERSION_ORDER = "_version_at, _loaded_at, _source_file, _source_row"
+"""The order of a customer's or order's versions: when each took effect (`updated_at` when the
+export has it, else the start of its file's partition date, else its load time), then delivery
+order. dbt's stg_shop__*_versions models order them the same way."""
+VERSION_ORDER_DESC = "_version_at DESC, _loaded_at DESC, _source_file DESC, _source_row DESC"
+
 # Warehouse types of the contract's logical types.
 SQL_TYPES = {
     "string": "VARCHAR",

@@ -16,6 +16,9 @@ value (audiences take the top of the ranking; revenue is too skewed for an error
 rank models fairly), and the silhouette for personas, measured in the challenger's feature space
 so that two models and the RFM segments are judged on the same ground.
 
+A supervised model is trained only when its training set has enough customers of each outcome in
+every snapshot (`not_applicable_reason`); otherwise it is not applicable, and its scores are null.
+
 Charts are written with matplotlib's Agg backend (no display needed) and show aggregates only:
 no customer ids, no e-mail addresses.
 """
@@ -62,6 +65,16 @@ BASELINE_DESCRIPTION = {
     "customer_value": "spend of the last 90 days as a run rate over the horizon",
 }
 TOP_SHARE = 0.1
+MIN_OUTCOME_ROWS = 30
+"""Customers of each outcome a supervised model needs in every snapshot of its training set
+(`not_applicable_reason`)."""
+OUTCOMES = {
+    "purchase_propensity": ("customers", "bought", "did not buy"),
+    "churn_risk": ("active customers", "stopped buying", "bought again"),
+    "engagement_propensity": ("customers", "clicked an e-mail", "clicked none"),
+    "customer_value": ("customers", "spent", "spent nothing"),
+}
+"""Per supervised model: who its rows are, and its two outcomes in words (for the reasons)."""
 
 
 def target_rows(kind: str, frame: pd.DataFrame) -> pd.DataFrame:
@@ -74,6 +87,36 @@ def target_rows(kind: str, frame: pd.DataFrame) -> pd.DataFrame:
 def target(kind: str, frame: pd.DataFrame) -> np.ndarray:
     values = pd.to_numeric(frame[TARGETS[kind]])
     return values.to_numpy(dtype=float if kind == "customer_value" else int)
+
+
+def not_applicable_reason(kind: str, frame: pd.DataFrame, horizon_days: int) -> str | None:
+    """Why the data cannot support a model of `kind`, or None when it can; `frame` holds every
+    snapshot of a training set (`snapshot_date`), the validation snapshot included.
+
+    The rule: a supervised model needs at least MIN_OUTCOME_ROWS customers of each outcome in
+    every snapshot (positives and negatives; for customer value, customers who spent and who did
+    not). With fewer, a fold of the time-aware search or the calibration sees one outcome only,
+    and the out-of-time metrics are undefined. A shop without e-mail events has no click, so no
+    engagement model. Personas need no outcome: they always apply."""
+    if kind == "personas":
+        return None
+    population, did, did_not = OUTCOMES[kind]
+    rows = target_rows(kind, frame)
+    positive = pd.Series(target(kind, rows) > 0, index=rows.index)
+    fewest = None
+    for snapshot in sorted(frame["snapshot_date"].unique()):
+        outcomes = positive[rows["snapshot_date"] == snapshot]
+        for count, outcome in ((int(outcomes.sum()), did), (int((~outcomes).sum()), did_not)):
+            if fewest is None or count < fewest[0]:
+                fewest = (count, outcome, len(outcomes), snapshot)
+    count, outcome, total, snapshot = fewest
+    if count >= MIN_OUTCOME_ROWS:
+        return None
+    return (
+        f"{count} of {total} {population} {outcome} in the {horizon_days} days after {snapshot}; "
+        f"every snapshot needs at least {MIN_OUTCOME_ROWS} who {did} and {MIN_OUTCOME_ROWS} "
+        f"who {did_not}"
+    )
 
 
 def _numeric(frame: pd.DataFrame, column: str, missing: float) -> np.ndarray:

@@ -53,6 +53,9 @@ def dbt_environment(settings: Settings) -> dict[str, str]:
         "SEGFLOW_DUCKDB_MEMORY_LIMIT": settings.duckdb_memory_limit,
         "DBT_PROFILES_DIR": str(DBT_PROJECT_DIR),
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+        "SEGFLOW_EMPTY_OPT_IN_MEANS": "opted_in"
+        if settings.loading.empty_opt_in_emailable
+        else "opted_out",
     }
 
 

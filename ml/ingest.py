@@ -45,7 +45,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ml.config import Settings
-from ml.contract import ENTITIES, OPT_IN_SPELLINGS, Column, Entity, spelling
+from ml.consent import create_consent_log
+from ml.contract import (
+    ENTITIES,
+    OPT_IN_SPELLINGS,
+    VERSION_ORDER,
+    VERSION_ORDER_DESC,
+    Column,
+    Entity,
+    spelling,
+)
 from ml.landing import (
     BadFile,
     ContractViolation,
@@ -156,6 +165,7 @@ def ensure_raw_tables(con: duckdb.DuckDBPyConnection) -> None:
                 QUALIFY row_number() OVER (PARTITION BY {_quote(entity.key)}
                     ORDER BY {VERSION_ORDER_DESC}) = 1"""
             )
+    create_consent_log(con)
     con.execute(
         """CREATE TABLE IF NOT EXISTS raw.loaded_files (
             entity VARCHAR NOT NULL, source_file VARCHAR NOT NULL, sha256 VARCHAR NOT NULL,
@@ -189,10 +199,6 @@ def ensure_raw_tables(con: duckdb.DuckDBPyConnection) -> None:
             column_name VARCHAR, reason VARCHAR NOT NULL, found_at TIMESTAMP NOT NULL,
             accepted_at TIMESTAMP, accepted_note VARCHAR, PRIMARY KEY (entity, source_file))"""
     )
-
-
-VERSION_ORDER = "_version_at, _loaded_at, _source_file, _source_row"
-VERSION_ORDER_DESC = "_version_at DESC, _loaded_at DESC, _source_file DESC, _source_row DESC"
 
 
 def _move_to_versions(con: duckdb.DuckDBPyConnection) -> None:

@@ -213,15 +213,20 @@ def checksum(file: LandingFile, encoding: str) -> tuple[str, Fingerprint]:
     read; a text file's bytes are decoded on the way, so a wrong encoding is found here with
     its line number (and without quoting the line)."""
     before = Fingerprint.of(file.path)
-    digest = hashlib.sha256()
-    with file.path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    digest = file_sha256(file.path)
     if file.format in ("csv", "json") and encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
         _check_utf8(file)
     if Fingerprint.of(file.path) != before:
         raise StillChanging(file.relative)
-    return digest.hexdigest(), before
+    return digest, before
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _check_utf8(file: LandingFile) -> None:

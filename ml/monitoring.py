@@ -143,7 +143,8 @@ def _worst(levels: list[str]) -> str:
 
 
 def _published_versions(con: duckdb.DuckDBPyConnection, as_of: dt.date) -> dict[str, int]:
-    """The version of each model that scored the published date."""
+    """The version of each model that scored the published date (none for a model that was
+    not applicable)."""
     from ml.registry import MODEL_KINDS
 
     row = con.execute(
@@ -390,7 +391,11 @@ def _realized_performance(
     drop_alert = settings.monitoring.realized_drop_alert
     rows = []
     for kind in REALIZED_METRICS:
-        version = int(outcomes[f"{kind}_model_version"].max())
+        versions = outcomes[f"{kind}_model_version"].dropna()
+        if versions.empty:
+            notes.append(f"{kind} on {scored_date}: not applicable, no score to judge")
+            continue
+        version = int(versions.max())
         metrics, customers = realized_metrics(kind, outcomes)
         if not metrics:
             notes.append(f"{kind} on {scored_date}: one outcome only, no ranking metric")
@@ -524,6 +529,8 @@ def _frame(rows: list[dict], columns: str) -> pd.DataFrame:
 
 def monitor(settings: Settings, as_of: dt.date) -> MonitoringResult:
     """Every check for the published date `as_of`: stored, reported, and returned."""
+    from ml.registry import MODEL_KINDS
+
     notes: list[str] = []
     with connect(settings, read_only=True) as con:
         if not table_exists(con, "published", "customer_segments"):
@@ -533,6 +540,11 @@ def monitor(settings: Settings, as_of: dt.date) -> MonitoringResult:
             raise MonitoringError(
                 f"nothing is published for {as_of}: publish that date first (segment_pipeline)"
             )
+        notes += [
+            f"{kind}: not applicable on {as_of}, no score to check"
+            for kind in MODEL_KINDS
+            if kind not in versions
+        ]
         drift_rows = _reference_drift(settings, con, as_of, versions, notes)
         drift_rows += _segment_mix_drift(con, as_of, versions, settings.monitoring, notes)
         performance_rows = _realized_performance(settings, con, as_of, notes)

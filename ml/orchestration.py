@@ -1,13 +1,15 @@
-"""What every segflow DAG shares: the warehouse pool and queue, retry policy and failure alerts, the
-assets that show lineage in the UI, and the run's as-of date.
+"""What every segflow DAG shares: the start date, the warehouse pool and queue, retry policy and
+failure alerts, the assets that show lineage in the UI, and the run's as-of date.
 
 Kept free of heavy imports: DAG files import this at parse time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from airflow.sdk import Asset, Param
@@ -24,6 +26,12 @@ serves it, so the warehouse file is written from one place however many workers 
 Executors without queues (LocalExecutor, `airflow dags test`) ignore it."""
 WAREHOUSE_TASK: dict[str, str] = {"pool": WAREHOUSE_POOL, "queue": WAREHOUSE_QUEUE}
 """The arguments of every task that opens the warehouse: `@task(**WAREHOUSE_TASK, ...)`."""
+
+DAG_START_DATE = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+"""Every DAG's start_date, and so the earliest as-of date a run by logical date computes:
+Airflow runs no task of a run whose logical date is before it, and `airflow dags test` still
+reports success. Hence a date before any shop's history; catchup=False keeps the scheduler from
+creating runs for the intervals since (it creates the latest one only)."""
 
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "segflow",
@@ -60,19 +68,20 @@ REVIEW_SENTIMENT = _table("derived", "review_sentiment")
 VALIDATION_RESULTS = _table("quality", "validation_results")
 FEATURE_MARTS = [_table("marts", "customer_features"), _table("marts", "training_labels")]
 """Built by dbt; updated in Airflow once the features gate has passed them."""
-STAGED_SEGMENTS = [
-    _table("staging", name)
-    for name in ("customer_segments", "audience_members", "audience_definitions")
-]
+SEGMENT_TABLES = (
+    "customer_segments",
+    "audience_members",
+    "audience_definitions",
+    "not_applicable_models",
+)
+"""The tables a date's scoring stages and its publication swaps in (ml.score.DATED_TABLES)."""
+STAGED_SEGMENTS = [_table("staging", name) for name in SEGMENT_TABLES]
 TRAINING_SET = Asset(name="training_set", uri="file://segflow/training")
 REGISTERED_MODELS = [
     Asset(name=f"segflow_{kind}", uri=f"mlflow://segflow/models/segflow_{kind}")
     for kind in MODEL_KINDS
 ]
-PUBLISHED_SEGMENTS = [
-    _table("published", name)
-    for name in ("customer_segments", "audience_members", "audience_definitions", "publications")
-]
+PUBLISHED_SEGMENTS = [_table("published", name) for name in (*SEGMENT_TABLES, "publications")]
 AUDIENCE_EXPORTS = Asset(name="audience_exports", uri="file://segflow/exports")
 STAGED_TRIGGERS = [
     _table("staging", name)
@@ -112,7 +121,68 @@ def drift_request(triggering_asset_events: Mapping[Any, Any] | None) -> dict[str
 
 
 class AsOfDateError(ValueError):
-    """The run's as-of date cannot be determined or is not a date."""
+    """The run's as-of date cannot be determined, is not a date, or no run can compute it."""
+
+
+def runnable_as_of(text: str) -> dt.date:
+    """The date `text` names, when a run by logical date computes it (`make run`, `make
+    backfill`); AsOfDateError says why not."""
+    try:
+        day = dt.date.fromisoformat(text)
+    except ValueError:
+        raise AsOfDateError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+    if day < DAG_START_DATE.date():
+        raise AsOfDateError(
+            f"{day} is before the DAGs' start date {DAG_START_DATE.date()}: Airflow would run "
+            "none of their tasks for it"
+        )
+    return day
+
+
+class RunDidNotRun(RuntimeError):
+    """A run that Airflow reports as successful did not run its tasks."""
+
+
+FINISHED_STATES = ("success", "skipped")
+
+
+def check_run_ran(task_states: list[Mapping[str, str]], required_task: str) -> str:
+    """A summary of a finished run's task states (the rows `airflow tasks states-for-dag-run
+    -o json` prints), after checking that it ran: it has tasks, each succeeded or was skipped,
+    and `required_task` succeeded. RunDidNotRun otherwise."""
+    if not task_states:
+        raise RunDidNotRun(
+            "Airflow ran none of the run's tasks (is the logical date before the DAG's start date?)"
+        )
+    unfinished = sorted(
+        f"{ti['task_id']} ({ti['state'] or 'not run'})"
+        for ti in task_states
+        if ti["state"] not in FINISHED_STATES
+    )
+    if unfinished:
+        raise RunDidNotRun(f"tasks that did not finish: {', '.join(unfinished)}")
+    if not any(ti["task_id"] == required_task and ti["state"] == "success" for ti in task_states):
+        raise RunDidNotRun(f"the task {required_task} did not succeed")
+    counts = Counter(ti["state"] for ti in task_states)
+    return ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
+
+
+@contextlib.contextmanager
+def fail_at_once_on_lasting_errors() -> Iterator[None]:
+    """Around a task's work: an error that the next try would meet again fails the task for
+    good (AirflowFailException skips the retries). Those are bad settings, data that cannot give
+    a training set, and a cold start that leaves a model without champion: the same settings
+    and data fail the same way, and each try of a training would register more versions."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ml.config import ConfigError
+    from ml.registry import NoChampion
+    from ml.training_sets import TrainingSetError
+
+    try:
+        yield
+    except (ConfigError, NoChampion, TrainingSetError) as error:
+        raise AirflowFailException(str(error)) from error
 
 
 def resolve_as_of(

@@ -58,7 +58,9 @@ PERSONA_CATALOGUE: dict[str, str] = {
     "One-time buyers": "Ordered once and have not come back.",
 }
 
-NEVER_ORDERED_RECENCY_DAYS = 730.0
+NEVER_ORDERED_RECENCY_DAYS = 730
+"""An integer, like the fill of the activity columns: when every customer has ordered, the
+recency column arrives as integers, and an imputer refuses to fill integers with a float."""
 PERSONA_FEATURES = [
     "recency_days",
     "frequency",
@@ -124,7 +126,7 @@ def persona_pipeline(n_personas: int) -> Pipeline:
             ),
             (
                 "activity",
-                SimpleImputer(strategy="constant", fill_value=0.0, keep_empty_features=True),
+                SimpleImputer(strategy="constant", fill_value=0, keep_empty_features=True),
                 others,
             ),
         ]

@@ -16,8 +16,9 @@ members are never sent), sorted by customer_id, floats with fixed decimals, so a
 same date on the same data writes byte-identical files. A customer suppressed since the date
 (an unsubscribe loaded later, ml/consent.py) is left out of the export whatever date it is
 for; the table keeps the row as scored. The manifest holds row counts, treatment and holdout
-counts, those left out since, each file's sha256, the model versions and the run id (the only
-thing that differs between two runs of a date).
+counts, those left out since, each file's sha256, the model versions, the models that were not
+applicable with the reason (their score columns are empty) and the run id (the only thing that
+differs between two runs of a date).
 
 Between the rename and the commit there is a moment where a killed process leaves the new
 exports beside the old table rows; running the publish again for the date makes both agree.
@@ -36,9 +37,9 @@ import duckdb
 
 from ml.audiences import audience_counts
 from ml.config import Settings
-from ml.consent import create_current_suppressions
-from ml.ingest import file_sha256
-from ml.score import DATED_TABLES, PROBABILITY_KINDS, ensure_segment_tables
+from ml.consent import create_current_suppressions, create_customers_in_force
+from ml.landing import file_sha256
+from ml.score import DATED_TABLES, PROBABILITY_KINDS, ensure_segment_tables, not_applicable_on
 from ml.warehouse import connect, table_exists
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,11 @@ class PublishError(RuntimeError):
     """Nothing was published; the message says why and what to do."""
 
 
-def _staged_summary(settings: Settings, as_of: dt.date) -> tuple[int, int, dict[str, int]]:
-    """Rows and e-mailable customers staged for the date, and the model versions behind them."""
+def _staged_summary(
+    settings: Settings, as_of: dt.date
+) -> tuple[int, int, dict[str, int], dict[str, str]]:
+    """Rows and e-mailable customers staged for the date, the model versions behind them, and
+    the models that were not applicable (kind -> reason)."""
     nothing_staged = PublishError(f"nothing staged for {as_of}: run scoring first (segflow score)")
     if not settings.warehouse_path.exists():
         raise nothing_staged
@@ -97,18 +101,24 @@ def _staged_summary(settings: Settings, as_of: dt.date) -> tuple[int, int, dict[
                 FROM staging.customer_segments WHERE as_of_date = ?""",
             [as_of],
         ).fetchone()
+        not_applicable = not_applicable_on(con, "staging", as_of)
     rows, emailable = row[0], row[1]
     if not rows:
         raise nothing_staged
     model_versions = {}
     for index, column in enumerate(MODEL_VERSION_COLUMNS):
         version, distinct = row[2 + 2 * index], row[3 + 2 * index]
-        if distinct != 1:
+        kind = column.removesuffix("_model_version")
+        # A model not applicable scored nobody: no version at all, every other one exactly one.
+        if distinct != (0 if kind in not_applicable else 1):
             raise PublishError(
-                f"staged rows for {as_of} mix {distinct} versions in {column}: score the date again"
+                f"staged rows for {as_of} hold {distinct} versions in {column}"
+                f"{' (the model was not applicable)' if kind in not_applicable else ''}: "
+                "score the date again"
             )
-        model_versions[column.removesuffix("_model_version")] = int(version)
-    return rows, emailable, model_versions
+        if version is not None:
+            model_versions[kind] = int(version)
+    return rows, emailable, model_versions, not_applicable
 
 
 def write_csv(con: duckdb.DuckDBPyConnection, select: str, params: list, path: Path) -> int:
@@ -126,10 +136,13 @@ def _write_exports(
     as_of: dt.date,
     folder: Path,
     manifest: dict,
+    empty_opt_in_emailable: bool,
 ) -> dict[str, dict]:
-    """One CSV per staged audience (treatment members) and manifest.json into `folder`."""
+    """One CSV per staged audience (treatment members) and manifest.json into `folder`: the
+    addresses in force on the date, less everyone consent suppresses now."""
     folder.mkdir(mode=0o700)
-    create_current_suppressions(con)
+    create_current_suppressions(con, empty_opt_in_emailable)
+    create_customers_in_force(con, dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time()))
     audiences = {}
     select = ", ".join(f"{expression} AS {name}" for name, expression in EXPORT_COLUMNS.items())
     for audience, _, holdout_share, treatment, holdout in audience_counts(con, "staging", as_of):
@@ -140,7 +153,7 @@ def _write_exports(
                 FROM staging.audience_members m
                 JOIN staging.customer_segments s
                     ON s.as_of_date = m.as_of_date AND s.customer_id = m.customer_id
-                JOIN raw.customers c ON c.customer_id = s.customer_id
+                JOIN customers_in_force c ON c.customer_id = s.customer_id
                 ANTI JOIN current_suppressions suppressed ON suppressed.customer_id = s.customer_id
                 WHERE m.as_of_date = ? AND m.audience = ? AND NOT m.is_holdout AND s.is_emailable
                 ORDER BY s.customer_id""",
@@ -167,6 +180,7 @@ def _replace_published_rows(
     con: duckdb.DuckDBPyConnection, as_of: dt.date, publication: dict
 ) -> None:
     """Inside the caller's transaction: the date's staged rows become the published ones."""
+    ensure_segment_tables(con, "staging")  # staged by an earlier version without every table
     ensure_segment_tables(con, "published")
     con.execute(f"CREATE TABLE IF NOT EXISTS published.publications {PUBLICATIONS_COLUMNS}")
     for table in DATED_TABLES:
@@ -225,11 +239,13 @@ def publish_segments(
     """Gate the date's staged segments (unless `gate_passed`: the caller just ran
     ml.quality.run_segments_gate on them), then publish rows and exports together. Returns
     counts and paths. On any failure the previous publication and exports stay as they were."""
-    rows, emailable, model_versions = _staged_summary(settings, as_of)
-    if not gate_passed:
-        from ml.quality import run_segments_gate
+    from ml.quality import data_freshness, run_segments_gate
 
+    rows, emailable, model_versions, not_applicable = _staged_summary(settings, as_of)
+    if not gate_passed:
         run_segments_gate(settings, as_of)
+    # Said in every manifest; stale data reaches here only under SEGFLOW_STALE_DATA=publish.
+    freshness = data_freshness(settings, as_of)
 
     exports_dir = settings.exports_dir
     exports_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -245,13 +261,19 @@ def publish_segments(
         "rows": rows,
         "emailable": emailable,
         "model_versions": model_versions,
+        "not_applicable": not_applicable,
         "exports_dir": str(final),
     }
     try:
         with connect(settings) as con:
-            manifest = {k: publication[k] for k in ("as_of_date", "run_id", "model_versions")}
-            manifest |= {"customers": rows, "emailable": emailable}
-            publication["audiences"] = _write_exports(con, as_of, built, manifest)
+            manifest = {
+                k: publication[k]
+                for k in ("as_of_date", "run_id", "model_versions", "not_applicable")
+            }
+            manifest |= {"customers": rows, "emailable": emailable, "data_freshness": freshness}
+            publication["audiences"] = _write_exports(
+                con, as_of, built, manifest, settings.loading.empty_opt_in_emailable
+            )
             con.execute("BEGIN TRANSACTION")
             try:
                 _replace_published_rows(con, as_of, publication)

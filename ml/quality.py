@@ -1,8 +1,10 @@
 """The data quality gates of a run: which rows each suite sees, and what stops the run.
 
-- Raw gate: per entity, the rows of the files this run loaded plus the as-of date's partition
-  (what is new), validated against the entity's suite; and the quarantine share of this run's
-  files per entity, which stops the run above `SEGFLOW_QUARANTINE_MAX_SHARE`.
+- Raw gate: landing files set aside whole and not accepted, and stale orders, stop a daily run;
+  then per entity the rows of every loaded file no gate has passed yet (whoever loaded it),
+  validated against the entity's suite, and their quarantine share, which stops the run above
+  `SEGFLOW_QUARANTINE_MAX_SHARE`. Passed files are marked, so nothing is judged twice and
+  nothing escapes.
 - Features gate: `customer_features` for the as-of date, with the expected row count from
   `raw.customers` and feature means learned from the previous dates.
 - Segments gate: the scored rows in `staging.customer_segments` for the date, before they are
@@ -26,7 +28,7 @@ from collections.abc import Iterable
 import pandas as pd
 
 from ml.config import Settings
-from ml.contract import ENTITIES
+from ml.contract import ENTITIES, ENTITY_BY_NAME
 from ml.warehouse import connect, table_exists
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,14 @@ class QuarantineTooLarge(QualityGateFailed):
     """Too large a share of a run's rows broke the contract."""
 
 
+class BadFilesWaiting(QualityGateFailed):
+    """Landing files were set aside whole and nobody has replaced or accepted them."""
+
+
+class StaleData(QualityGateFailed):
+    """The newest order is older than the freshness limit."""
+
+
 def latest_load_time(settings: Settings) -> dt.datetime:
     """When the newest ingest ran: what marks the rows of the latest run."""
     with connect(settings, read_only=True) as con:
@@ -55,41 +65,40 @@ def _sample_filter(key: str, rows: int, limit: int) -> str:
     return f"hash({key}) % {HASH_SPACE} < {int(HASH_SPACE * limit / rows)}"
 
 
-def new_rows(
-    settings: Settings, entity_name: str, as_of: dt.date, loaded_at: dt.datetime
-) -> pd.DataFrame:
-    """The rows a run brought: files loaded at `loaded_at`, and the as-of date's partition."""
-    entity = next(e for e in ENTITIES if e.name == entity_name)
+UNJUDGED_FILES = "SELECT source_file FROM raw.loaded_files WHERE entity = ? AND gated_at IS NULL"
+"""The files no raw gate has passed yet, whoever loaded them (a daily run, a trigger refresh,
+`segflow ingest`); a held row that loads later sends its file back here."""
+
+
+def new_rows(settings: Settings, entity_name: str) -> pd.DataFrame:
+    """The rows no raw gate has judged yet: those of the entity's unjudged files."""
+    entity = ENTITY_BY_NAME[entity_name]
     with connect(settings, read_only=True) as con:
-        files = f"""SELECT source_file FROM raw.loaded_files
-                    WHERE entity = '{entity.name}' AND (loaded_at = ? OR partition_date = ?)"""
+        where = f"_source_file IN ({UNJUDGED_FILES})"
         rows = con.execute(
-            f"SELECT count(*) FROM raw.{entity.name} WHERE _source_file IN ({files})",
-            [loaded_at, as_of],
+            f"SELECT count(*) FROM raw.{entity.table} WHERE {where}", [entity.name]
         ).fetchone()[0]
         sample = _sample_filter(entity.key, rows, settings.quality.gate_sample_rows)
         return con.execute(
-            f"SELECT * FROM raw.{entity.name} WHERE _source_file IN ({files}) AND {sample}",
-            [loaded_at, as_of],
+            f"SELECT * FROM raw.{entity.table} WHERE {where} AND {sample}", [entity.name]
         ).df()
 
 
-def quarantine_shares(
-    settings: Settings, loaded_at: dt.datetime
-) -> dict[str, tuple[int, int, dict[str, int]]]:
-    """Per entity, for the files loaded at `loaded_at`: rows read, rows rejected, and rejected
+def quarantine_shares(settings: Settings) -> dict[str, tuple[int, int, dict[str, int]]]:
+    """Per entity, for the files no gate has passed: rows read, rows rejected, and rejected
     rows per reason (`column: rule`)."""
     with connect(settings, read_only=True) as con:
         totals = con.execute(
             """SELECT entity, sum(rows_in_file), sum(rows_rejected) FROM raw.loaded_files
-               WHERE loaded_at = ? GROUP BY entity""",
-            [loaded_at],
+               WHERE gated_at IS NULL GROUP BY entity"""
         ).fetchall()
         reasons = con.execute(
-            """SELECT entity, column_name || ': ' || rule, count(DISTINCT (source_file, source_row))
-               FROM quarantine.violations WHERE loaded_at = ? AND action = 'rejected'
-               GROUP BY ALL ORDER BY 3 DESC""",
-            [loaded_at],
+            """SELECT v.entity, v.column_name || ': ' || v.rule,
+                      count(DISTINCT (v.source_file, v.source_row))
+               FROM quarantine.violations v
+               JOIN raw.loaded_files f ON f.entity = v.entity AND f.source_file = v.source_file
+               WHERE f.gated_at IS NULL AND v.action = 'rejected'
+               GROUP BY ALL ORDER BY 3 DESC"""
         ).fetchall()
     shares = {entity: (int(read), int(rejected), {}) for entity, read, rejected in totals}
     for entity, reason, count in reasons:
@@ -98,18 +107,19 @@ def quarantine_shares(
     return shares
 
 
-def check_quarantine(settings: Settings, loaded_at: dt.datetime) -> str:
-    """Summarise the run's quarantine; raise when an entity's share is above the threshold."""
+def check_quarantine(settings: Settings) -> str:
+    """Summarise the quarantine of the unjudged files; raise when an entity's share is above
+    the threshold."""
     limit = settings.quality.quarantine_max_share
     lines, too_large = [], []
-    for entity, (read, rejected, reasons) in sorted(quarantine_shares(settings, loaded_at).items()):
+    for entity, (read, rejected, reasons) in sorted(quarantine_shares(settings).items()):
         share = rejected / read if read else 0.0
         lines.append(f"{entity}: {rejected:,} of {read:,} rows quarantined ({share:.1%})")
         lines += [f"    {count:,} {reason}" for reason, count in reasons.items()]
         if share > limit:
             too_large.append(f"{entity} {share:.1%}")
     summary = "\n".join(lines) or "no new rows"
-    log.info("quarantine of this run:\n%s", summary)
+    log.info("quarantine of the files not judged yet:\n%s", summary)
     if too_large:
         raise QuarantineTooLarge(
             f"quarantine above SEGFLOW_QUARANTINE_MAX_SHARE={limit:.1%} for "
@@ -119,19 +129,85 @@ def check_quarantine(settings: Settings, loaded_at: dt.datetime) -> str:
     return summary
 
 
-def run_raw_gate(settings: Settings, as_of: dt.date, loaded_at: dt.datetime) -> list:
-    """Quarantine share, then every raw entity's suite on its new rows; raises on errors."""
+def check_bad_files(settings: Settings) -> None:
+    """Files set aside whole stop the daily run until they are replaced or accepted."""
+    with connect(settings, read_only=True) as con:
+        bad = con.execute(
+            """SELECT source_file, coalesce('column ' || column_name || ': ', '') || reason
+               FROM quarantine.files WHERE accepted_at IS NULL ORDER BY source_file"""
+        ).fetchall()
+    if bad:
+        listed = "\n".join(f"  {source_file}: {reason}" for source_file, reason in bad)
+        raise BadFilesWaiting(
+            f"{len(bad)} landing file(s) could not be loaded; nothing is published until each "
+            "is replaced by a good file (it then loads) or accepted unloaded with "
+            f"`segflow quarantine --accept <file> --note <why>`:\n{listed}"
+        )
+
+
+def data_freshness(settings: Settings, as_of: dt.date) -> dict:
+    """How old the newest order before the run's cutoff is, against the freshness limit."""
+    cutoff = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())
+    with connect(settings, read_only=True) as con:
+        (newest,) = con.execute(
+            "SELECT max(ordered_at) FROM raw.orders WHERE ordered_at < ?", [cutoff]
+        ).fetchone()
+    limit = settings.quality.freshness_max_days
+    days_old = None if newest is None else (as_of - newest.date()).days
+    return {
+        "newest_order_at": None if newest is None else newest.isoformat(),
+        "days_old": days_old,
+        "max_days": limit,
+        "stale": days_old is None or days_old > limit,
+    }
+
+
+def check_freshness(settings: Settings, as_of: dt.date) -> dict:
+    """Freshness on every run, new files or not: stale data stops the run, unless
+    SEGFLOW_STALE_DATA=publish (the manifest then says how stale)."""
+    freshness = data_freshness(settings, as_of)
+    if freshness["stale"]:
+        message = (
+            f"stale data for {as_of}: the newest order is from {freshness['newest_order_at']}, "
+            f"more than SEGFLOW_FRESHNESS_MAX_DAYS={freshness['max_days']} days before it"
+        )
+        if settings.loading.stale_data == "stop":
+            raise StaleData(
+                f"{message}; nothing downstream ran. Deliver the missing files, or set "
+                "SEGFLOW_STALE_DATA=publish to publish with the staleness in the manifest"
+            )
+        log.warning("%s; published anyway (SEGFLOW_STALE_DATA=publish)", message)
+    return freshness
+
+
+def run_raw_gate(
+    settings: Settings, as_of: dt.date, loaded_at: dt.datetime, daily: bool = True
+) -> list:
+    """Bad files and freshness (daily runs), the quarantine share, then every raw entity's
+    suite on the rows no gate has judged; raises on errors, and marks the judged files passed.
+
+    A trigger refresh (daily=False) is not stopped by a bad file or by stale orders: the good
+    files' unsubscribes must take effect at once."""
     from expectations.suites import raw_suite
 
-    check_quarantine(settings, loaded_at)
+    if daily:
+        check_bad_files(settings)
+        check_freshness(settings, as_of)
+    check_quarantine(settings)
     checks = (
         (
-            new_rows(settings, entity.name, as_of, loaded_at),
-            raw_suite(entity.name, loaded_at + dt.timedelta(seconds=1), as_of, settings.quality),
+            new_rows(settings, entity.name),
+            raw_suite(entity.name, loaded_at + dt.timedelta(seconds=1)),
         )
         for entity in ENTITIES
     )
-    return validate_all(settings, checks, as_of, what=f"raw gate for {as_of}")
+    reports = validate_all(settings, checks, as_of, what=f"raw gate for {as_of}")
+    with connect(settings) as con:
+        con.execute(
+            "UPDATE raw.loaded_files SET gated_at = ? WHERE gated_at IS NULL AND loaded_at <= ?",
+            [loaded_at, loaded_at],
+        )
+    return reports
 
 
 def validate_all(settings: Settings, checks: Iterable, run_date: dt.date, what: str) -> list:
@@ -262,7 +338,7 @@ def run_triggers_gate(settings: Settings, refresh_id: str) -> list:
 
     with connect(settings, read_only=True) as con:
         summary = staged_summary(con, refresh_id)
-        create_current_suppressions(con)
+        create_current_suppressions(con, settings.loading.empty_opt_in_emailable)
         create_latest_segments(con, latest_daily_publication(con))
         members = con.execute(
             """SELECT m.*, coalesce(s.reason, CASE WHEN NOT l.is_emailable

@@ -4,6 +4,11 @@ Every model kind is registered as `segflow_<kind>`. A new version gets the alias
 the promotion gate (`promote`) moves `champion`, which is what scoring loads. Each version carries
 the tags `validation_status` (pending, passed, failed, awaiting_review) and `validation_reason`.
 
+A kind the newest training set cannot support (ml.evaluate.not_applicable_reason) is marked on
+its registered model with the tags `not_applicable_reason` and `not_applicable_as_of`: scoring
+leaves its columns null, whatever champion it had, and the cold start does not train it again.
+The next training judges it anew; a new version clears the mark.
+
 Models are stored with skops, never pickle. Loading trusts only the types in
 `SKOPS_ALLOWED_TYPES`, a list kept in this code: the trusted-types list written into a model's
 own MLmodel file is checked against it, so a tampered artifact cannot widen what gets loaded
@@ -43,6 +48,8 @@ MODEL_KINDS: tuple[str, ...] = (
 EXPERIMENT_NAME = "segflow"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+NOT_APPLICABLE_REASON = "not_applicable_reason"
+NOT_APPLICABLE_AS_OF = "not_applicable_as_of"
 
 SKOPS_ALLOWED_TYPES = frozenset(
     {
@@ -75,6 +82,15 @@ class ChampionModel:
     """The customer_features columns the model reads, in order."""
     persona_names: dict[int, str] | None
     """Personas only: cluster label -> persona name."""
+
+
+@dataclass(frozen=True)
+class NotApplicable:
+    """A model kind the data cannot support, as the training as of `as_of` found."""
+
+    kind: str
+    reason: str
+    as_of: str | None
 
 
 def registered_name(kind: str) -> str:
@@ -200,7 +216,49 @@ def log_model(
     client.set_registered_model_alias(name, CHALLENGER, str(version))
     for key, value in {"validation_status": "pending", **version_tags}.items():
         client.set_model_version_tag(name, str(version), key, str(value))
+    # The data supports this kind again.
+    for key in (NOT_APPLICABLE_REASON, NOT_APPLICABLE_AS_OF):
+        client.delete_registered_model_tag(name, key)
     return version
+
+
+def mark_not_applicable(settings: Settings, kind: str, reason: str, as_of: str) -> None:
+    """Record that the training set as of `as_of` cannot support `kind` (see the module's
+    docstring), creating the registered model when it has no version yet."""
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow_client(settings)
+    name = registered_name(kind)
+    try:
+        client.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        client.create_registered_model(name)
+    client.set_registered_model_tag(name, NOT_APPLICABLE_REASON, reason)
+    client.set_registered_model_tag(name, NOT_APPLICABLE_AS_OF, as_of)
+
+
+def not_applicable_models(settings: Settings) -> dict[str, NotApplicable]:
+    """The kinds marked not applicable, with the reason and the training date that found it."""
+    from mlflow.exceptions import MlflowException
+
+    if _store_is_empty(settings):
+        return {}
+    client = mlflow_client(settings)
+    marked = {}
+    for kind in MODEL_KINDS:
+        try:
+            tags = client.get_registered_model(registered_name(kind)).tags
+        except MlflowException as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                continue
+            raise
+        if NOT_APPLICABLE_REASON in tags:
+            marked[kind] = NotApplicable(
+                kind, tags[NOT_APPLICABLE_REASON], tags.get(NOT_APPLICABLE_AS_OF)
+            )
+    return marked
 
 
 def alias_version(settings: Settings, kind: str, alias: str) -> int | None:
@@ -266,8 +324,14 @@ def load_champion(settings: Settings, kind: str) -> ChampionModel:
 
 
 def missing_champions(settings: Settings) -> list[str]:
-    """The model kinds that have no champion yet."""
-    return [kind for kind in MODEL_KINDS if alias_version(settings, kind, CHAMPION) is None]
+    """The model kinds that have no champion yet and are not marked not applicable: those a
+    cold start trains."""
+    marked = not_applicable_models(settings)
+    return [
+        kind
+        for kind in MODEL_KINDS
+        if kind not in marked and alias_version(settings, kind, CHAMPION) is None
+    ]
 
 
 def decide(

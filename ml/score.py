@@ -19,6 +19,10 @@ over the whole date.
   no_opt_in, invalid_address that applies; none means e-mailable.
 - holdout_audiences: the audiences (audiences.yml) in which the customer is in the holdout;
   the members of each audience go to `staging.audience_members`.
+
+A model marked not applicable in the registry (the data cannot support it, ml/registry.py) is
+not loaded: its score, band and model version are null for every customer, and the reason goes
+to `staging.not_applicable_models`. An audience filter on a null score matches nobody.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Iterable
 
 import duckdb
 import joblib
@@ -36,7 +41,8 @@ from sklearn.preprocessing import OrdinalEncoder
 
 from ml.audiences import Audience, audience_definitions, build_members, load_audiences
 from ml.config import PublishSettings, Settings
-from ml.warehouse import connect
+from ml.registry import NotApplicable
+from ml.warehouse import connect, table_exists
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +83,17 @@ DEFINITIONS_COLUMNS = """(
     holdout_share DOUBLE NOT NULL,
     filters JSON NOT NULL
 )"""
+NOT_APPLICABLE_COLUMNS = """(
+    as_of_date DATE NOT NULL,
+    model_kind VARCHAR NOT NULL,
+    reason VARCHAR NOT NULL,
+    training_as_of DATE
+)"""
 DATED_TABLES = {
     "customer_segments": SEGMENTS_COLUMNS,
     "audience_members": MEMBERS_COLUMNS,
     "audience_definitions": DEFINITIONS_COLUMNS,
+    "not_applicable_models": NOT_APPLICABLE_COLUMNS,
 }
 PROBABILITY_KINDS = ("purchase_propensity", "churn_risk", "engagement_propensity")
 OUTPUT_COLUMNS = {
@@ -98,12 +111,26 @@ class ScoringError(RuntimeError):
 
 
 def ensure_segment_tables(con: duckdb.DuckDBPyConnection, schema: str) -> None:
-    """`customer_segments`, `audience_members` and `audience_definitions` (what each audience
-    meant on the date) in `schema`: staging and published share their columns, so a swap is a
-    plain insert."""
+    """`customer_segments`, `audience_members`, `audience_definitions` (what each audience
+    meant on the date) and `not_applicable_models` (the models that scored nobody, and why) in
+    `schema`: staging and published share their columns, so a swap is a plain insert."""
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     for table, columns in DATED_TABLES.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {schema}.{table} {columns}")
+
+
+def not_applicable_on(con: duckdb.DuckDBPyConnection, schema: str, as_of: dt.date) -> dict:
+    """The models not applicable when the date was scored, in `schema` (staging or published):
+    model kind -> reason."""
+    if not table_exists(con, schema, "not_applicable_models"):
+        return {}
+    return dict(
+        con.execute(
+            f"""SELECT model_kind, reason FROM {schema}.not_applicable_models
+                WHERE as_of_date = ? ORDER BY model_kind""",
+            [as_of],
+        ).fetchall()
+    )
 
 
 def _chunk_bounds(con: duckdb.DuckDBPyConnection, as_of: dt.date, chunk_rows: int) -> list[str]:
@@ -200,22 +227,27 @@ def _final_inputs(
 
 
 def _score_chunk(frame: pd.DataFrame, champions: dict, keys: dict[str, str]) -> pd.DataFrame:
+    """The chunk's scores; a model missing from `champions` (not applicable) scores NaN."""
     inputs = _final_inputs(frame, champions, keys)
     personas = champions["personas"]
     labels = personas.model[-1].predict(inputs["personas"])
     names = pd.Series(personas.persona_names).loc[labels].to_numpy()
     scores = pd.DataFrame({"customer_id": frame["customer_id"].to_numpy(), "segment": names})
+    for kind in ("purchase_propensity", "engagement_propensity", "churn_risk", "predicted_clv"):
+        scores[kind] = np.nan
     for kind in ("purchase_propensity", "engagement_propensity"):
-        scores[kind] = champions[kind].model[-1].predict_proba(inputs[kind])[:, 1]
+        if kind in champions:
+            scores[kind] = champions[kind].model[-1].predict_proba(inputs[kind])[:, 1]
     active = (frame["orders_365d"] > 0).to_numpy()
-    churn = np.full(len(frame), np.nan)
-    if active.any():
+    if "churn_risk" in champions and active.any():
+        churn = np.full(len(frame), np.nan)
         churn[active] = (
             champions["churn_risk"].model[-1].predict_proba(inputs["churn_risk"][active])[:, 1]
         )
-    scores["churn_risk"] = churn
-    value = champions["customer_value"].model[-1].predict(inputs["customer_value"])
-    scores["predicted_clv"] = np.clip(value, 0, None)
+        scores["churn_risk"] = churn
+    if "customer_value" in champions:
+        value = champions["customer_value"].model[-1].predict(inputs["customer_value"])
+        scores["predicted_clv"] = np.clip(value, 0, None)
     return scores
 
 
@@ -272,7 +304,8 @@ def _build_segments(
         for k in PROBABILITY_KINDS
     )
     version_columns = ", ".join(
-        f"{int(version)} AS {kind}_model_version" for kind, version in versions.items()
+        f"{'NULL' if version is None else int(version)}::INTEGER AS {kind}_model_version"
+        for kind, version in versions.items()
     )
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE scored_segments AS
@@ -324,11 +357,14 @@ def _build_segments(
 
 
 def stage_scored_segments(
-    con: duckdb.DuckDBPyConnection, as_of: dt.date, audiences: list[Audience]
+    con: duckdb.DuckDBPyConnection,
+    as_of: dt.date,
+    audiences: list[Audience],
+    not_applicable: Iterable[NotApplicable] = (),
 ) -> None:
     """From the temp table `scored_segments` (the date's rows, all columns but the holdouts):
     each audience's members and holdouts, then in one transaction the date's staged rows,
-    members and audience definitions are replaced."""
+    members, audience definitions and the models `not_applicable` are replaced."""
     build_members(con, audiences, "scored_segments", "scored_members")
     con.execute("BEGIN TRANSACTION")
     try:
@@ -353,6 +389,11 @@ def stage_scored_segments(
                 "INSERT INTO staging.audience_definitions VALUES (?, ?, ?, ?, ?)",
                 [[as_of, *definition] for definition in audience_definitions(audiences)],
             )
+        for model in not_applicable:
+            con.execute(
+                "INSERT INTO staging.not_applicable_models VALUES (?, ?, ?, ?)",
+                [as_of, model.kind, model.reason, model.as_of],
+            )
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -362,13 +403,19 @@ def stage_scored_segments(
 def score_customers(settings: Settings, as_of: dt.date) -> int:
     """Score every customer of `as_of` with the champions into `staging.customer_segments`
     (replacing the date's staged rows) and stage the audiences' members. Returns the rows
-    staged. Raises ml.registry.NoChampion when a model has no champion (train first)."""
-    from ml.registry import MODEL_KINDS, load_champion
+    staged. Raises ml.registry.NoChampion when a model that is not marked not applicable has no
+    champion (train first)."""
+    from ml.registry import MODEL_KINDS, load_champion, not_applicable_models
 
     # Audiences first: a broken audience file should stop the run before minutes of scoring.
     audiences = load_audiences(settings.publishing.audiences_path)
-    champions = {kind: load_champion(settings, kind) for kind in MODEL_KINDS}
-    versions = {kind: champions[kind].version for kind in MODEL_KINDS}
+    not_applicable = not_applicable_models(settings)
+    champions = {
+        kind: load_champion(settings, kind) for kind in MODEL_KINDS if kind not in not_applicable
+    }
+    versions = {
+        kind: champions[kind].version if kind in champions else None for kind in MODEL_KINDS
+    }
     started = time.perf_counter()
     with connect(settings) as con:
         customers = con.execute(
@@ -381,7 +428,7 @@ def score_customers(settings: Settings, as_of: dt.date) -> int:
             )
         _score_in_chunks(con, as_of, champions, settings.publishing.scoring_chunk_rows)
         _build_segments(con, as_of, versions, settings.publishing)
-        stage_scored_segments(con, as_of, audiences)
+        stage_scored_segments(con, as_of, audiences, not_applicable.values())
     seconds = time.perf_counter() - started
     log.info(
         "scored %d customers as of %s in %.1fs (%.0f per second); model versions %s",

@@ -54,7 +54,7 @@ def _newest_publication(con, as_of: dt.date | None) -> dt.date | None:
 
 def _report_data(settings: Settings, as_of: dt.date) -> dict:
     """Every number the report and the summary show, for one published date."""
-    from ml.score import PROBABILITY_KINDS
+    from ml.score import PROBABILITY_KINDS, not_applicable_on
 
     with connect(settings, read_only=True) as con:
         if _newest_publication(con, as_of) is None:
@@ -68,8 +68,9 @@ def _report_data(settings: Settings, as_of: dt.date) -> dict:
                 WHERE s.as_of_date = ? GROUP BY s.segment ORDER BY count(*) DESC, s.segment""",
             [as_of],
         ).df()
+        not_applicable = not_applicable_on(con, "published", as_of)
         histograms = {}
-        for kind in PROBABILITY_KINDS:
+        for kind in (kind for kind in PROBABILITY_KINDS if kind not in not_applicable):
             counts = dict(
                 con.execute(
                     f"""SELECT least(floor({kind} * {HISTOGRAM_BINS}), {HISTOGRAM_BINS - 1})::INTEGER,
@@ -106,7 +107,21 @@ def _report_data(settings: Settings, as_of: dt.date) -> dict:
         "run_id": publication[0],
         "published_at": publication[1],
         "model_versions": json.loads(publication[2]),
+        "not_applicable": not_applicable,
     }
+
+
+def _models(data: dict) -> str:
+    """The model versions behind the scores, and the models that were not applicable."""
+    versions = ", ".join(f"{k} v{v}" for k, v in sorted(data["model_versions"].items()))
+    if data["not_applicable"]:
+        versions += f"; not applicable: {', '.join(data['not_applicable'])}"
+    return versions
+
+
+def _score(value, spec: str) -> str:
+    """A mean score for the terminal; '-' when nobody has one."""
+    return "-" if value is None or value != value else format(value, spec)
 
 
 def _cell(name: str, value) -> str:
@@ -147,9 +162,17 @@ def _render_html(data: dict) -> str:
         f"<div class='hist'><h3>{kind.replace('_', ' ')}</h3>{_bars(counts, bins)}</div>"
         for kind, counts in data["histograms"].items()
     )
-    clv = " · ".join(
-        f"p{q}: {v:,.2f}"
-        for q, v in zip((10, 25, 50, 75, 90, 99), data["clv_quantiles"], strict=True)
+    clv = (
+        "not applicable"
+        if data["clv_quantiles"] is None
+        else " · ".join(
+            f"p{q}: {v:,.2f}"
+            for q, v in zip((10, 25, 50, 75, 90, 99), data["clv_quantiles"], strict=True)
+        )
+    )
+    not_applicable = "".join(
+        f"<li>{html.escape(kind)}: {html.escape(reason)}</li>"
+        for kind, reason in data["not_applicable"].items()
     )
     reasons = _bars([n for _, n in data["suppression"]], [r for r, _ in data["suppression"]])
     audience_rows = (
@@ -160,7 +183,6 @@ def _render_html(data: dict) -> str:
         )
         or "<tr><td colspan='5'>no audiences defined</td></tr>"
     )
-    versions = ", ".join(f"{k} v{v}" for k, v in sorted(data["model_versions"].items()))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>segflow segments {data["as_of"]}</title>
@@ -175,7 +197,8 @@ th:first-child, td:first-child {{ text-align: left; }}
 </style></head><body>
 <h1>Customer segments as of {data["as_of"]}</h1>
 <p class="meta">{total:,} customers · run {html.escape(str(data["run_id"]))} · published
-{data["published_at"]:%Y-%m-%d %H:%M} UTC · models: {html.escape(versions)}</p>
+{data["published_at"]:%Y-%m-%d %H:%M} UTC · models: {html.escape(_models(data))}</p>
+{f"<p>Not applicable (their scores are empty):</p><ul>{not_applicable}</ul>" if not_applicable else ""}
 <h2>Segment sizes</h2>{size_bars}
 <h2>Segment profiles</h2>
 <p class="meta">Means per segment (recency: median). Churn risk covers active customers only.</p>
@@ -246,19 +269,17 @@ def segments_summary(settings: Settings, as_of: dt.date | None = None) -> str:
     data = _report_data(settings, found)
     profiles = data["profiles"]
     total = int(profiles["customers"].sum())
-    versions = ", ".join(f"{k} v{v}" for k, v in sorted(data["model_versions"].items()))
     lines = [
-        f"segments as of {found}: {total:,} customers (run {data['run_id']}; {versions})",
+        f"segments as of {found}: {total:,} customers (run {data['run_id']}; {_models(data)})",
         f"  {'segment':<22}{'customers':>10}{'share':>7}{'e-mail':>8}{'buy':>6}{'churn':>7}"
         f"{'engage':>8}{'CLV':>9}",
     ]
     for row in profiles.to_dict("records"):
-        churn = row["churn risk"]
         lines.append(
             f"  {row['segment']:<22}{row['customers']:>10,}{row['share']:>7.1%}"
-            f"{row['e-mailable']:>8.0%}{row['purchase propensity']:>6.2f}"
-            f"{'-' if churn != churn or churn is None else f'{churn:.2f}':>7}"
-            f"{row['engagement']:>8.2f}{row['predicted CLV']:>9,.0f}"
+            f"{row['e-mailable']:>8.0%}{_score(row['purchase propensity'], '.2f'):>6}"
+            f"{_score(row['churn risk'], '.2f'):>7}{_score(row['engagement'], '.2f'):>8}"
+            f"{_score(row['predicted CLV'], ',.0f'):>9}"
         )
     if data["audiences"]:
         lines.append(f"  {'audience':<22}{'treatment':>10}{'holdout':>9}{'share':>7}")

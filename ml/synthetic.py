@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,6 +137,7 @@ WEEKDAY_FACTOR = np.array([0.95, 0.92, 0.95, 1.0, 1.03, 1.05, 1.1])  # Monday ..
 CAMPAIGN_WEEKDAYS = (1, 4)  # Tuesday and Friday
 CAMPAIGN_REACH = 0.45
 """Share of e-mailable customers each campaign goes to (campaigns target sub-audiences)."""
+ENTITY_NAMES = ("customers", "orders", "email_events", "web_events", "reviews")
 HARD_BOUNCE_SHARE = 0.015
 INVALID_ADDRESS_SHARE = 0.004
 
@@ -176,12 +178,11 @@ def _hour_micros(rng: np.random.Generator, hour: np.ndarray, spread: float) -> n
 
 
 class _DayBuckets:
-    """Rows per entity and day; a day's rows are written once the walk has passed it."""
+    """Rows per entity and day, held until the walk has passed the day."""
 
-    def __init__(self, out: Path, first_day: dt.date, days: int):
-        self.out, self.first_day, self.days = out, first_day, days
+    def __init__(self, first_day: dt.date, days: int):
+        self.days = days
         self.pending: dict[tuple[str, int], list[pa.Table]] = defaultdict(list)
-        self.rows: dict[str, int] = defaultdict(int)
         self.first_us = (first_day - EPOCH).days * DAY_US
 
     def add(self, entity: str, table: pa.Table, time_column: str, micros: np.ndarray) -> None:
@@ -193,17 +194,13 @@ class _DayBuckets:
                 continue  # happens after the end date: not exported yet
             self.pending[(entity, int(index))].append(table.filter(pa.array(day_index == index)))
 
-    def flush(self, day_index: int) -> None:
-        for entity in ("customers", "orders", "email_events", "web_events", "reviews"):
-            parts = self.pending.pop((entity, day_index), [])
-            if not parts:
-                continue
-            table = pa.concat_tables(parts)
-            day = self.first_day + dt.timedelta(days=day_index)
-            folder = self.out / entity / f"date={day.isoformat()}"
-            folder.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, folder / "part-0.parquet", compression="zstd")
-            self.rows[entity] += table.num_rows
+    def take(self, day_index: int) -> dict[str, pa.Table]:
+        """A passed day's rows, by entity (only the entities it has rows of)."""
+        return {
+            entity: pa.concat_tables(self.pending.pop((entity, day_index)))
+            for entity in ENTITY_NAMES
+            if (entity, day_index) in self.pending
+        }
 
 
 class _Population:
@@ -288,6 +285,44 @@ class _Population:
         )
 
 
+class Shop:
+    """The simulated shop: its customers, drawn at once, and their events one day at a time.
+    `generate` writes it as the demo's Parquet partitions, `ml.deliveries` as real exports."""
+
+    def __init__(
+        self,
+        customers: int,
+        days: int,
+        end_date: dt.date,
+        seed: int = 7,
+        drift_from: dt.date | None = None,
+    ):
+        if customers < 1 or days < 1:
+            raise ValueError("customers and days must be at least 1")
+        self.days, self.drift_from = days, drift_from
+        self.first_day = end_date - dt.timedelta(days=days - 1)
+        self.rng = np.random.default_rng(seed)
+        self.people = _Population(self.rng, customers, self.first_day, days)
+        self.buckets = _DayBuckets(self.first_day, days)
+        self.counters: dict[str, int] = defaultdict(int)
+
+    def walk(self, progress: bool = True) -> Iterator[tuple[int, dict[str, pa.Table]]]:
+        """Each day's index and its rows by entity, once no later day can add to them."""
+        from rich.progress import Progress
+
+        first = (self.first_day - EPOCH).days
+        with Progress(disable=not progress, transient=True) as bar:
+            task = bar.add_task(f"generating {self.people.n:,} customers", total=self.days)
+            for index in range(self.days):
+                day = self.first_day + dt.timedelta(days=index)
+                drifted = self.drift_from is not None and day >= self.drift_from
+                _simulate_day(
+                    self.rng, self.people, self.buckets, self.counters, day, first + index, drifted
+                )
+                yield index, self.buckets.take(index)
+                bar.advance(task)
+
+
 def generate(
     out: Path,
     customers: int,
@@ -298,32 +333,21 @@ def generate(
     progress: bool = True,
 ) -> GenerationReport:
     """Write the five contract entities for `customers` over the `days` ending on `end_date`."""
-    if customers < 1 or days < 1:
-        raise ValueError("customers and days must be at least 1")
-    first_day = end_date - dt.timedelta(days=days - 1)
-    rng = np.random.default_rng(seed)
-    people = _Population(rng, customers, first_day, days)
-    buckets = _DayBuckets(out, first_day, days)
-    counters = defaultdict(int)
-    first = (first_day - EPOCH).days
-
+    shop = Shop(customers, days, end_date, seed, drift_from)
+    people, first_us = shop.people, (shop.first_day - EPOCH).days * DAY_US
     # Customers who signed up before the window arrive in the first day's export.
-    customers_table = people.customers_table()
-    buckets.add(
-        "customers", customers_table, "signup_at", np.maximum(people.signup_us, first * DAY_US)
+    shop.buckets.add(
+        "customers", people.customers_table(), "signup_at", np.maximum(people.signup_us, first_us)
     )
-
-    from rich.progress import Progress
-
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"generating {customers:,} customers", total=days)
-        for index in range(days):
-            day = first_day + dt.timedelta(days=index)
-            drifted = drift_from is not None and day >= drift_from
-            _simulate_day(rng, people, buckets, counters, day, first + index, drifted)
-            buckets.flush(index)
-            bar.advance(task)
-    return GenerationReport(customers, dict(buckets.rows), first_day, end_date)
+    rows: dict[str, int] = defaultdict(int)
+    for index, tables in shop.walk(progress):
+        day = shop.first_day + dt.timedelta(days=index)
+        for entity, table in tables.items():
+            folder = out / entity / f"date={day.isoformat()}"
+            folder.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, folder / "part-0.parquet", compression="zstd")
+            rows[entity] += table.num_rows
+    return GenerationReport(customers, dict(rows), shop.first_day, end_date)
 
 
 def _simulate_day(
@@ -634,7 +658,7 @@ def _landing_customer_ids(landing_dir: Path, last_day: dt.date) -> np.ndarray:
     import pyarrow.csv as pacsv
 
     from ml.contract import landing_format
-    from ml.ingest import normalize_column_name
+    from ml.contract import spelling as normalize_column_name
 
     folder, chunks = landing_dir / "customers", []
     for path in sorted(folder.rglob("*")) if folder.is_dir() else []:

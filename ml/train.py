@@ -20,6 +20,10 @@ evaluated out of time on the validation snapshot (ml/training_sets.py, ml/evalua
   the same way and fitted on all training snapshots.
 - Personas: ml/personas.py.
 
+A kind whose training set lacks the outcomes to learn from (ml.evaluate.not_applicable_reason:
+no e-mail events, so no click to predict; too few examples in a snapshot) is not trained: it is
+marked not applicable in the registry, and its scores are null until a training finds enough.
+
 Categorical features are ordinal-encoded (rare values grouped) and handled natively by the
 boosters; numeric features pass through as floats with their missing values, which the boosters
 route on their own. The same Pipeline accepts the training Parquet files and the frames scoring
@@ -541,12 +545,20 @@ def _model_card(kind: str, ts: TrainingSet, trained: Trained) -> str:
 
 def train_and_register(settings: Settings, kind: str, training_set_dir: Path) -> dict:
     """Tune, train and evaluate one model kind on a training set, log the MLflow run, and
-    register the model as a new version with the alias `challenger`."""
+    register the model as a new version with the alias `challenger`. A kind the training set
+    cannot support (ml.evaluate.not_applicable_reason) is marked not applicable in the registry
+    instead, and nothing is trained: `version` is None and `not_applicable` says why."""
     import mlflow
     from threadpoolctl import threadpool_limits
 
     name = registry.registered_name(kind)
     ts = load_training_set(training_set_dir)
+    as_of = ts.manifest["as_of"]
+    reason = evaluate.not_applicable_reason(kind, ts.frame, ts.manifest["label_horizon_days"])
+    if reason:
+        registry.mark_not_applicable(settings, kind, reason, as_of)
+        log.warning("%s is not applicable as of %s: %s", name, as_of, reason)
+        return {"kind": kind, "registered_model": name, "version": None, "not_applicable": reason}
     parent = _parent_run(settings, ts)
     started = time.perf_counter()
     with (
@@ -632,6 +644,7 @@ def train_and_register(settings: Settings, kind: str, training_set_dir: Path) ->
         "kind": kind,
         "registered_model": name,
         "version": version,
+        "not_applicable": None,
         "run_id": run_id,
         "gate_metric": gate,
         "metrics": {k: round(v, 6) for k, v in trained.metrics.items()},
@@ -642,29 +655,35 @@ def train_and_register(settings: Settings, kind: str, training_set_dir: Path) ->
     }
 
 
-def train_all(settings: Settings, as_of: dt.date) -> dict:
-    """Build the training set, then train, register and promote every model kind."""
+def train_all(
+    settings: Settings, as_of: dt.date, kinds: tuple[str, ...] | list[str] = registry.MODEL_KINDS
+) -> dict:
+    """Build the training set, then train, register and promote each of `kinds` (every model
+    kind by default); a kind that is not applicable has nothing to promote."""
     directory = build_training_set(settings, as_of)
     models = {}
-    for kind in registry.MODEL_KINDS:
+    for kind in kinds:
         trained = train_and_register(settings, kind, directory)
-        models[kind] = {
-            **trained,
-            "promotion": registry.promote(settings, kind, trained["version"]),
-        }
+        promotion = None
+        if not trained["not_applicable"]:
+            promotion = registry.promote(settings, kind, trained["version"])
+        models[kind] = {**trained, "promotion": promotion}
     return {"as_of": as_of.isoformat(), "training_set": str(directory), "models": models}
 
 
 def ensure_champions(settings: Settings, as_of: dt.date) -> list[str]:
-    """Cold start: when a model kind has no champion, train every model as of `as_of` first.
-    Returns the kinds that were missing. A kind whose first model does not beat its baseline
-    still has no champion: that stops the run here, with the gate's reason, rather than
-    publishing scores no better than a rule of thumb."""
+    """Cold start: train, as of `as_of`, the model kinds that have no champion and are not
+    marked not applicable (registry.missing_champions). Returns those kinds. Only they are
+    trained, so a retry after a failure registers no new versions of the ones that made it; a
+    kind the data cannot support is marked and left to the next scheduled training. A kind
+    whose first model does not beat its baseline still has no champion: that stops the run
+    here, with the gate's reason, rather than publishing scores no better than a rule of
+    thumb."""
     missing = registry.missing_champions(settings)
     if not missing:
         return []
-    log.info("no champion yet for %s: training every model as of %s", ", ".join(missing), as_of)
-    result = train_all(settings, as_of)
+    log.info("no champion yet for %s: training them as of %s", ", ".join(missing), as_of)
+    result = train_all(settings, as_of, missing)
     still_missing = registry.missing_champions(settings)
     if still_missing:
         reasons = "; ".join(
@@ -680,12 +699,20 @@ def ensure_champions(settings: Settings, as_of: dt.date) -> list[str]:
 
 
 def training_summary(settings: Settings) -> str:
-    """The champion of each model kind with its version, window and key metrics."""
+    """The champion of each model kind with its version, window and key metrics, or why the
+    kind is not applicable."""
     lines = ["models (champion by alias):"]
     client = None
+    marked = registry.not_applicable_models(settings)
     for kind in registry.MODEL_KINDS:
-        version = registry.alias_version(settings, kind, registry.CHAMPION)
         name = registry.registered_name(kind)
+        if kind in marked:
+            lines.append(
+                f"  {name:<34} not applicable as of {marked[kind].as_of} (scores null): "
+                f"{marked[kind].reason}"
+            )
+            continue
+        version = registry.alias_version(settings, kind, registry.CHAMPION)
         if version is None:
             lines.append(f"  {name:<34} no champion yet (train_models, or segflow train)")
             continue

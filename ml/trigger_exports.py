@@ -30,7 +30,7 @@ import duckdb
 
 from ml.config import Settings
 from ml.consent import create_current_suppressions
-from ml.ingest import file_sha256
+from ml.landing import file_sha256
 from ml.publish import write_csv
 from ml.triggers import (
     TriggerError,
@@ -142,11 +142,13 @@ def _record(con: duckdb.DuckDBPyConnection, refresh_id: str, run_id: str, counts
     )
 
 
-def _create_publishable(con: duckdb.DuckDBPyConnection, refresh_id: str) -> int:
+def _create_publishable(
+    con: duckdb.DuckDBPyConnection, refresh_id: str, empty_opt_in_emailable: bool
+) -> int:
     """The temp tables `publishable`, the staged members still e-mailable now, and
     `publishable_suppressions`, the staged suppressions not published yet. Returns how many
     staged members consent now leaves out."""
-    create_current_suppressions(con)
+    create_current_suppressions(con, empty_opt_in_emailable)
     create_latest_segments(con, latest_daily_publication(con))
     con.execute(
         """CREATE OR REPLACE TEMP TABLE publishable AS
@@ -193,7 +195,7 @@ def publish_refresh(settings: Settings, refresh_id: str, run_id: str) -> dict:
             raise TriggerError(
                 f"refresh {refresh_id}: a refresh evaluated at {newer} is published already"
             )
-        dropped = _create_publishable(con, refresh_id)
+        dropped = _create_publishable(con, refresh_id, settings.loading.empty_opt_in_emailable)
         (members, exported) = con.execute(
             "SELECT count(*), count(*) FILTER (WHERE NOT is_holdout) FROM publishable"
         ).fetchone()
@@ -259,7 +261,7 @@ def refresh_now(settings: Settings, run_id: str = "manual") -> dict:
     from ml.triggers import stage_refresh
 
     loaded_at = ingest_landing(settings, as_of=dt.datetime.now(dt.UTC).date()).loaded_at
-    run_raw_gate(settings, as_of=loaded_at.date(), loaded_at=loaded_at)
+    run_raw_gate(settings, as_of=loaded_at.date(), loaded_at=loaded_at, daily=False)
     refresh_id = stage_refresh(settings, loaded_at)["refresh_id"]
     run_triggers_gate(settings, refresh_id)
     return publish_refresh(settings, refresh_id, run_id)

@@ -432,7 +432,7 @@ def stage_refresh(settings: Settings, evaluated_at: dt.datetime) -> dict:
                      AND e.sha256 = l.sha256)"""
         )
         create_latest_segments(con, daily_as_of)
-        create_current_suppressions(con)
+        create_current_suppressions(con, settings.loading.empty_opt_in_emailable)
         horizon = max((t.lookback_hours + (t.within_hours or 0) for t in triggers), default=0.0)
         _create_events(con, triggers, evaluated_at - dt.timedelta(hours=horizon))
         con.execute("BEGIN TRANSACTION")

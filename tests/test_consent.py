@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pandas as pd
+import pytest
 
 from ml.config import Settings
 from ml.consent import create_current_suppressions
@@ -14,7 +15,10 @@ from ml.warehouse import connect
 DAY = dt.datetime(2026, 7, 1)
 
 
-def test_every_reason_is_found_and_the_first_in_precedence_wins(settings: Settings):
+@pytest.mark.parametrize("empty_opt_in_emailable", [True, False])
+def test_every_reason_is_found_and_the_first_in_precedence_wins(
+    settings: Settings, empty_opt_in_emailable: bool
+):
     customers = pd.DataFrame(  # noqa: F841  (read in SQL)
         {
             "customer_id": ["ok", "left", "both", "optout", "nomail", "bad", "silent"],
@@ -34,7 +38,7 @@ def test_every_reason_is_found_and_the_first_in_precedence_wins(settings: Settin
     with connect(settings) as con:
         ensure_raw_tables(con)
         con.execute(
-            """INSERT INTO raw.customers BY NAME
+            """INSERT INTO raw.customer_versions BY NAME
                SELECT *, TIMESTAMP '2025-01-01' AS signup_at, 'c.csv' AS _source_file,
                       1 AS _source_row FROM customers"""
         )
@@ -42,14 +46,18 @@ def test_every_reason_is_found_and_the_first_in_precedence_wins(settings: Settin
             """INSERT INTO raw.email_events BY NAME
                SELECT *, 'e.csv' AS _source_file, 1 AS _source_row FROM events"""
         )
-        assert create_current_suppressions(con) == 5
+        create_current_suppressions(con, empty_opt_in_emailable)
         found = {
             row[0]: row[1:] for row in con.execute("SELECT * FROM current_suppressions").fetchall()
         }
-    assert found == {
+    expected = {
         "left": ("unsubscribed", DAY - dt.timedelta(days=3)),  # the first time it happened
         "both": ("complaint", DAY + dt.timedelta(hours=1)),  # complaint before hard bounce
         "optout": ("no_opt_in", None),
         "nomail": ("invalid_address", None),  # no address, no e-mail
         "bad": ("invalid_address", None),
     }
+    if not empty_opt_in_emailable:
+        # The privacy-safe default: an empty opt-in is no opt-in.
+        expected |= {"nomail": ("no_opt_in", None), "silent": ("no_opt_in", None)}
+    assert found == expected

@@ -34,7 +34,7 @@ AS_OF = SAMPLE_END - dt.timedelta(days=3)
 the 90-day window 2026-03-30 00:00."""
 
 EDGE_CASES = """
-INSERT INTO raw.customers (customer_id, email, signup_at, country, birth_year,
+INSERT INTO raw.customer_versions (customer_id, email, signup_at, country, birth_year,
                            acquisition_channel, email_opt_in, _source_file, _source_row) VALUES
     -- Known from the last microsecond before the cutoff; mixed case; no birth year or opt-in.
     ('X1', 'Odd.Case@Example.COM', '2026-06-27 23:59:59.999999', 'de', NULL, 'Paid_Search',
@@ -43,7 +43,7 @@ INSERT INTO raw.customers (customer_id, email, signup_at, country, birth_year,
     ('X2', 'x2@example.com', '2026-06-28 00:00:00', 'FR', 1961, 'organic', false, 'edge', 2),
     ('X3', NULL, '2026-01-01 00:00:00', 'GB', 2002, 'email', true, 'edge', 3);
 
-INSERT INTO raw.orders (order_id, customer_id, ordered_at, amount, items, category, status,
+INSERT INTO raw.order_versions (order_id, customer_id, ordered_at, amount, items, category, status,
                         _source_file, _source_row) VALUES
     ('XO1', 'X1', '2026-05-01 12:00:00.7', 5.00, 1, NULL, 'completed', 'edge', 1),
     -- No status means completed; categories count case-insensitively.

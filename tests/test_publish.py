@@ -91,8 +91,10 @@ def staged(settings: Settings) -> Settings:
             }
         )
         con.execute(
-            """INSERT INTO raw.customers (customer_id, email, signup_at, _source_file, _source_row)
-               SELECT customer_id, email, TIMESTAMP '2025-01-01', 'customers.csv', 0 FROM emails"""
+            """INSERT INTO raw.customer_versions
+                   (customer_id, email, email_opt_in, signup_at, _source_file, _source_row)
+               SELECT customer_id, email, true, TIMESTAMP '2025-01-01', 'customers.csv', 0
+               FROM emails"""
         )
     stage(settings, frame)
     return settings

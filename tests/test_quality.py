@@ -10,8 +10,16 @@ import pandas as pd
 import pytest
 
 from ml.config import Settings
-from ml.ingest import ingest_landing
-from ml.quality import QuarantineTooLarge, check_quarantine, new_rows, run_raw_gate
+from ml.ingest import accept_bad_file, ingest_landing
+from ml.quality import (
+    BadFilesWaiting,
+    QuarantineTooLarge,
+    StaleData,
+    check_quarantine,
+    new_rows,
+    run_raw_gate,
+)
+from ml.warehouse import connect
 from tests.conftest import SAMPLE_END
 
 LOAD_TIME = dt.datetime(2026, 7, 1, 6, 0)
@@ -41,6 +49,7 @@ def test_quarantine_above_the_threshold_stops_the_run_and_says_why(
 ):
     # The daily run for the last date loads that day's files; 40% of its orders are broken.
     ingest_landing(settings, as_of=SAMPLE_END - dt.timedelta(days=1), loaded_at=LOAD_TIME)
+    run_raw_gate(settings, SAMPLE_END - dt.timedelta(days=1), LOAD_TIME)
     broken = corrupt_amounts(landing_copy, SAMPLE_END, 0.4)
     report = ingest_landing(settings, as_of=SAMPLE_END, loaded_at=LOAD_TIME + dt.timedelta(days=1))
     assert broken > 0
@@ -56,37 +65,76 @@ def test_quarantine_below_the_threshold_is_summarised_only(settings: Settings, l
     lenient = dataclasses.replace(
         settings, quality=dataclasses.replace(settings.quality, quarantine_max_share=0.999)
     )
-    report = ingest_landing(lenient, as_of=SAMPLE_END, loaded_at=LOAD_TIME)
-    summary = check_quarantine(lenient, report.loaded_at)
+    ingest_landing(lenient, as_of=SAMPLE_END, loaded_at=LOAD_TIME)
+    summary = check_quarantine(lenient)
     assert "orders: " in summary and "amount: must be >= 0" in summary
 
 
-def test_the_gate_sees_this_runs_files_and_the_as_of_partition(
+def test_the_gate_judges_every_file_no_gate_has_passed_whoever_loaded_it(
     settings: Settings, landing_copy: Path
 ):
-    earlier = SAMPLE_END - dt.timedelta(days=5)
-    first = ingest_landing(settings, as_of=earlier, loaded_at=LOAD_TIME)
-    second = ingest_landing(settings, as_of=SAMPLE_END, loaded_at=LOAD_TIME + dt.timedelta(days=1))
-    seen = new_rows(settings, "orders", SAMPLE_END, second.loaded_at)
-    partitions = {Path(f).parent.name for f in seen._source_file}
-    assert partitions == {f"date={earlier + dt.timedelta(days=d)}" for d in range(1, 6)}
-    # A re-run with nothing new still validates its date's partition.
-    rerun = ingest_landing(settings, as_of=earlier, loaded_at=LOAD_TIME + dt.timedelta(days=2))
-    assert {
-        Path(f).parent.name
-        for f in new_rows(settings, "orders", earlier, rerun.loaded_at)._source_file
-    } == {f"date={earlier}"}
-    assert first.entities["orders"].rows_loaded > 0
+    # `segflow ingest` (or a trigger refresh) loaded the files before the daily run.
+    ingest_landing(settings, as_of=SAMPLE_END, loaded_at=LOAD_TIME)
+    loaded = len(new_rows(settings, "orders"))
+    assert loaded > 0
+    # The daily run's own ingest finds nothing new, yet its gate judges those rows.
+    rerun = ingest_landing(settings, as_of=SAMPLE_END, loaded_at=LOAD_TIME + dt.timedelta(hours=1))
+    assert rerun.entities["orders"].files_loaded == 0
+    reports = run_raw_gate(settings, SAMPLE_END, rerun.loaded_at)
+    [orders] = [r for r in reports if r.suite == "raw_orders"]
+    assert orders.rows_validated == loaded
+    # Once passed, a file is not judged again; a new file is.
+    assert new_rows(settings, "orders").empty
+
+
+def test_a_failed_gate_fails_again_on_a_rerun(settings: Settings, landing_copy: Path):
+    ingest_landing(settings, as_of=SAMPLE_END, loaded_at=LOAD_TIME)
+    with connect(settings) as con:  # rows that break the contract got into raw somehow
+        con.execute("UPDATE raw.order_versions SET amount = -1 WHERE _source_row = 1")
+    for hours in (1, 2):
+        with pytest.raises(Exception, match="raw_orders"):
+            run_raw_gate(settings, SAMPLE_END, LOAD_TIME + dt.timedelta(hours=hours))
+
+
+def test_stale_data_stops_the_run_even_without_new_files(settings: Settings, landing_copy: Path):
+    ingest_landing(settings, as_of=SAMPLE_END, loaded_at=LOAD_TIME)
+    run_raw_gate(settings, SAMPLE_END, LOAD_TIME)
+    month_later = SAMPLE_END + dt.timedelta(days=30)
+    nothing_new = ingest_landing(
+        settings, as_of=month_later, loaded_at=LOAD_TIME + dt.timedelta(days=30)
+    )
+    assert sum(e.files_loaded for e in nothing_new.entities.values()) == 0
+    with pytest.raises(StaleData, match="the newest order is from"):
+        run_raw_gate(settings, month_later, nothing_new.loaded_at)
+    publish_anyway = dataclasses.replace(
+        settings, loading=dataclasses.replace(settings.loading, stale_data="publish")
+    )
+    run_raw_gate(publish_anyway, month_later, nothing_new.loaded_at)
+
+
+def test_a_bad_file_stops_the_daily_gate_until_accepted_but_not_a_refresh(
+    settings: Settings, landing_copy: Path
+):
+    bad = landing_copy / "orders" / f"date={SAMPLE_END}" / "broken.parquet"
+    bad.write_bytes(b"PAR1 broken")
+    report = ingest_landing(settings, as_of=SAMPLE_END, loaded_at=LOAD_TIME)
+    name = f"orders/date={SAMPLE_END}/broken.parquet"
+    assert report.bad_files == [name]
+    run_raw_gate(settings, SAMPLE_END, LOAD_TIME, daily=False)  # a trigger refresh goes on
+    with pytest.raises(BadFilesWaiting, match=f"{name}: cannot be parsed as PARQUET"):
+        run_raw_gate(settings, SAMPLE_END, LOAD_TIME)
+    accept_bad_file(settings, name, "test export, not needed")
+    run_raw_gate(settings, SAMPLE_END, LOAD_TIME)
 
 
 def test_large_row_sets_are_sampled_by_key(settings: Settings, landing_copy: Path):
-    report = ingest_landing(settings, as_of=SAMPLE_END, loaded_at=LOAD_TIME)
-    everything = new_rows(settings, "email_events", SAMPLE_END, report.loaded_at)
+    ingest_landing(settings, as_of=SAMPLE_END, loaded_at=LOAD_TIME)
+    everything = new_rows(settings, "email_events")
     small = dataclasses.replace(
         settings,
         quality=dataclasses.replace(settings.quality, gate_sample_rows=len(everything) // 4),
     )
-    sample = new_rows(small, "email_events", SAMPLE_END, report.loaded_at)
-    again = new_rows(small, "email_events", SAMPLE_END, report.loaded_at)
+    sample = new_rows(small, "email_events")
+    again = new_rows(small, "email_events")
     assert 0.1 * len(everything) < len(sample) < 0.45 * len(everything)
     assert set(sample.event_id) == set(again.event_id) <= set(everything.event_id)

@@ -53,7 +53,7 @@ def campaign(settings: Settings) -> dict:
             orders, columns=["order_id", "customer_id", "ordered_at", "amount", "status"]
         )
         con.execute(
-            """INSERT INTO raw.orders (order_id, customer_id, ordered_at, amount, status,
+            """INSERT INTO raw.order_versions (order_id, customer_id, ordered_at, amount, status,
                                        _source_file, _source_row)
                SELECT *, 'orders.csv', 0 FROM order_rows"""
         )

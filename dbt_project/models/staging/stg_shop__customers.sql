@@ -1,20 +1,13 @@
-with source as (
-    select * from {{ source('shop', 'customers') }}
+-- Each customer as they were at the as-of cutoff: the version in force then.
+with versions as (
+    select * from {{ ref('stg_shop__customer_versions') }}
 ),
 
-renamed as (
-    select
-        customer_id,
-        lower(trim(email)) as email,
-        {{ is_valid_email('lower(trim(email))') }} as has_valid_email,
-        signup_at,
-        upper(country) as country_code,
-        birth_year,
-        lower(gender) as gender,
-        lower(acquisition_channel) as acquisition_channel,
-        -- The contract: an absent opt-in means opted in.
-        coalesce(email_opt_in, true) as is_opted_in
-    from source
+in_force as (
+    select * exclude (valid_from, valid_to)
+    from versions
+    where (valid_from is null or valid_from < {{ as_of_cutoff() }})
+      and (valid_to is null or valid_to >= {{ as_of_cutoff() }})
 )
 
-select * from renamed
+select * from in_force

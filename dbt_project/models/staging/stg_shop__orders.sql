@@ -1,19 +1,13 @@
-with source as (
-    select * from {{ source('shop', 'orders') }}
+-- Each order as it stood at the as-of cutoff: a refund delivered later does not change the past.
+with versions as (
+    select * from {{ ref('stg_shop__order_versions') }}
 ),
 
-renamed as (
-    select
-        order_id,
-        customer_id,
-        ordered_at,
-        amount as order_amount,
-        items as item_count,
-        lower(category) as category,
-        -- The contract: an order without a status is completed; only completed orders count.
-        coalesce(status, 'completed') as order_status,
-        coalesce(status, 'completed') = 'completed' as is_completed
-    from source
+in_force as (
+    select * exclude (valid_from, valid_to)
+    from versions
+    where (valid_from is null or valid_from < {{ as_of_cutoff() }})
+      and (valid_to is null or valid_to >= {{ as_of_cutoff() }})
 )
 
-select * from renamed
+select * from in_force

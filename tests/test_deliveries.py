@@ -1,0 +1,226 @@
+"""`segflow generate --as-exported`: the same shop, delivered the way real exports look."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import itertools
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from ml.contract import EMAIL_EVENT_SYNONYMS, EMAIL_EVENT_TYPES, OPT_IN_SPELLINGS, spelling
+from ml.deliveries import DeliveryReport, generate_as_exported
+from ml.synthetic import generate
+
+END = dt.date(2026, 6, 30)
+SHOP = {"customers": 3000, "days": 90, "end_date": END, "seed": 3}
+FILE_NAMES = {
+    "customers": {"customers.csv.gz"},
+    "orders": {"orders.parquet"},
+    "email_events": {"sendgrid-events.csv", "klaviyo-events.csv"},
+    "web_events": {"events.jsonl"},
+    "reviews": {"reviews.tsv"},
+}
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+PARTITION = "regexp_extract(filename, 'date=([0-9-]+)', 1)::DATE"
+"""The partition day of a row's file, in SQL."""
+TIMES = {
+    "orders": "ordered_at",
+    "email_events": "occurred_at",
+    "web_events": "occurred_at",
+    "reviews": "created_at",
+}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Path, DeliveryReport, Path]:
+    folder = tmp_path_factory.mktemp("exported")
+    report_path = folder / "delivery-report.json"
+    report = generate_as_exported(
+        folder / "landing", **SHOP, report_path=report_path, progress=False
+    )
+    return folder / "landing", report, report_path
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("plain") / "landing"
+    generate(out, **SHOP, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def delivered(exported) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Every entity as delivered (all files), each row with its file's name, as tables."""
+    readers = {
+        "customers": "read_csv('{}/customers/*/*.csv.gz', all_varchar = true",
+        "orders": "read_parquet('{}/orders/*/*.parquet'",
+        "email_events": "read_csv('{}/email_events/*/*.csv', all_varchar = true",
+        "web_events": "read_json('{}/web_events/*/*.jsonl', format = 'newline_delimited'",
+        "reviews": "read_csv('{}/reviews/*/*.tsv', delim = '\t', all_varchar = true",
+    }
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        for entity, reader in readers.items():
+            source = reader.format(exported[0]) + ", filename = true, hive_partitioning = false)"
+            con.execute(f"CREATE TABLE {entity} AS SELECT * FROM {source}")
+        yield con
+
+
+def query(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple]:
+    return con.execute(sql).fetchall()
+
+
+def test_files_look_like_real_exports(exported):
+    landing, report, _ = exported
+    assert sorted(p.name for p in landing.iterdir()) == sorted(FILE_NAMES)
+    for entity, names in FILE_NAMES.items():
+        files = [p for p in (landing / entity).rglob("*") if p.is_file()]
+        assert {p.name for p in files} == names, entity
+        assert all(p.parent.name.startswith("date=") for p in files)
+    assert not [p for p in landing.rglob("*") if p.name.startswith(".")]
+    # A snapshot every 7 days and on the last day, each a whole customers table.
+    snapshots = sorted(p.name for p in (landing / "customers").iterdir())
+    days = [dt.date.fromisoformat(name[5:]) for name in snapshots]
+    assert days == report.snapshot_days
+    assert days[0] == report.first_day and days[-1] == END
+    assert {(b - a).days for a, b in zip(days[:-2], days[1:-1], strict=True)} == {7}
+    with gzip.open(landing / "customers" / snapshots[-1] / "customers.csv.gz", "rt") as handle:
+        header, first = handle.readline().strip().split(","), handle.readline().split(",")
+    assert header[0] == "customer_id" and header[-1] == "updated_at"
+    assert first[0].isdigit() and ISO_UTC.match(first[2])
+
+    schema = pq.read_schema(next((landing / "orders").rglob("*.parquet")))
+    assert str(schema.field("order_id").type) == str(schema.field("customer_id").type) == "int64"
+    assert "updated_at" in schema.names
+    with next((landing / "web_events").rglob("*.jsonl")).open() as handle:
+        event = json.loads(handle.readline())
+    assert isinstance(event["customer_id"], int) and ISO_UTC.match(event["occurred_at"])
+
+
+def test_email_events_speak_the_tools_language(delivered):
+    ids_by_file = query(
+        delivered,
+        """SELECT filename, bool_and(customer_id LIKE '%.0'), bool_or(customer_id LIKE '%.0'),
+                  bool_and(event_id LIKE 'E%')
+           FROM email_events GROUP BY filename""",
+    )
+    float_files = [f for f, all_floats, _, _ in ids_by_file if all_floats]
+    integer_files = [f for f, _, any_float, _ in ids_by_file if not any_float]
+    assert (
+        float_files and integer_files and len(float_files) + len(integer_files) == len(ids_by_file)
+    )
+    assert all(string_ids for *_, string_ids in ids_by_file)
+    names = dict(query(delivered, "SELECT event_type, count(*) FROM email_events GROUP BY ALL"))
+    sendgrid = {"processed", "delivered", "open", "click", "bounce", "dropped"}
+    klaviyo = {"Received Email", "Opened Email", "Clicked Email", "Bounced Email"}
+    opt_outs = {"group_unsubscribe", "spamreport", "Unsubscribed", "Marked Email as Spam"}
+    assert set(names) == sendgrid | klaviyo | opt_outs | {"sent"}
+    # Every name is one the loader knows.
+    assert all(
+        spelling(name) in EMAIL_EVENT_SYNONYMS or name in EMAIL_EVENT_TYPES for name in names
+    )
+
+
+def test_customers_change_between_snapshots_and_nobody_else_does(exported, delivered):
+    report = exported[1]
+    opt_ins = {r[0] for r in query(delivered, "SELECT DISTINCT email_opt_in FROM customers")}
+    spellings = {"no", "off", "unsubscribed", "false", "0", "N", "opted_out"}
+    assert opt_ins == spellings | {"yes", "subscribed", "1", "TRUE", "true", None}
+    assert all(spelling(value) in OPT_IN_SPELLINGS for value in opt_ins - {None})
+
+    rows = query(delivered, f"SELECT {PARTITION}, * EXCLUDE (filename) FROM customers ORDER BY 1")
+    first, unchanged, changed = 0, 0, 0
+    previous: dict[str, tuple] = {}
+    for day, snapshot in itertools.groupby(rows, key=lambda row: row[0]):
+        snapshot = list(snapshot)
+        current = {row[1]: row[1:] for row in snapshot}
+        assert len(current) == len(snapshot)  # nobody twice
+        assert previous.keys() <= current.keys()  # a snapshot holds everyone signed up
+        for customer, row in current.items():
+            before = previous.get(customer)
+            if before is None:
+                first += 1
+            elif before == row:
+                unchanged += 1
+            else:
+                changed += 1
+                # Only the address or the opt-in changed, with a later updated_at.
+                differs = {i for i, (a, b) in enumerate(zip(before, row, strict=True)) if a != b}
+                assert differs in ({1, 8}, {7, 8}), (before, row)
+                assert before[8] < row[8] and row[8][:10] <= day.isoformat()
+        previous = current
+    counts = report.entities["customers"]
+    assert (first, unchanged, changed) == (
+        counts.first_deliveries,
+        counts.unchanged_redeliveries,
+        counts.changed_redeliveries,
+    )
+    assert first == SHOP["customers"] and changed == sum(report.customer_changes.values())
+    assert min(report.customer_changes.values()) > 0
+    assert all(str(r[0]).isdigit() for r in previous.values())
+
+
+def test_report_counts_match_the_files(exported, delivered):
+    _, report, report_path = exported
+    assert json.loads(report_path.read_text()) == json.loads(report.to_json())
+    first_snapshot = f"""(SELECT customer_id::DOUBLE::BIGINT AS customer, min({PARTITION}) AS day
+                          FROM customers GROUP BY ALL)"""
+    for entity, counts in report.entities.items():
+        rows, files = query(delivered, f"SELECT count(*), count(DISTINCT filename) FROM {entity}")[
+            0
+        ]
+        assert (rows, files) == (counts.rows, counts.files), entity
+        assert rows == (
+            counts.first_deliveries + counts.unchanged_redeliveries + counts.changed_redeliveries
+        )
+        if entity == "customers":
+            assert counts.late == counts.early == 0
+            continue
+        happened = f"left({TIMES[entity]}::VARCHAR, 10)::DATE"
+        # Late: delivered in a partition after the day it happened; a refund is not late but
+        # a re-delivery (its updated_at is its own).
+        first_delivery = "updated_at = ordered_at" if entity == "orders" else "true"
+        late, early = query(
+            landing,
+            f"""SELECT count(*) FILTER (WHERE {happened} < {PARTITION} AND {first_delivery}),
+                       count(*) FILTER (WHERE {PARTITION} < s.day)
+                FROM {entity} JOIN {first_snapshot} s
+                  ON s.customer = {entity}.customer_id::DOUBLE::BIGINT""",
+        )[0]
+        assert late == counts.late > 0, entity
+        assert early == counts.early, entity
+    assert min(report.entities[e].early for e in ("orders", "email_events", "web_events")) > 0
+
+    # A completed order is re-delivered refunded 1-10 partitions later, at most once.
+    refunds = query(
+        delivered,
+        f"""SELECT count(*), count(*) FILTER (WHERE {PARTITION} - n.first_day BETWEEN 1 AND 10
+                                             AND updated_at::DATE = {PARTITION})
+            FROM orders JOIN (SELECT order_id, min({PARTITION}) AS first_day, count(*) AS copies
+                              FROM orders GROUP BY ALL) n USING (order_id)
+            WHERE updated_at > ordered_at""",
+    )[0]
+    assert refunds[0] == refunds[1] == report.entities["orders"].changed_redeliveries > 0
+    copies = query(delivered, "SELECT DISTINCT count(*) FROM orders GROUP BY order_id ORDER BY 1")
+    assert copies == [(1,), (2,)]
+    statuses = query(
+        delivered,
+        """SELECT DISTINCT a.status FROM orders a JOIN orders b USING (order_id)
+           WHERE b.updated_at > a.updated_at""",
+    )
+    assert statuses == [("completed",)]
+
+    early_unsubscribes = query(
+        delivered,
+        f"""SELECT count(*) FROM email_events e JOIN {first_snapshot} s
+              ON s.customer = e.customer_id::DOUBLE::BIGINT
+            WHERE event_type IN ('group_unsubscribe', 'Unsubscribed') AND {PARTITION} < s.day""",
+    )
+    assert early_unsubscribes == [(report.early_unsubscribes,)] and report.early_unsubscribes > 0
