@@ -76,8 +76,9 @@ def _positive_hours(text: str) -> float:
 
 
 GENERATE_DEFAULTS = {"customers": 20_000, "days": 540, "seed": 7}
-HISTORY_ONLY = ("customers", "days", "end_date", "drift_from")
+HISTORY_ONLY = ("customers", "days", "end_date", "drift_from", "as_exported")
 INCREMENT_ONLY = ("hours", "at")
+EXPORTED_ONLY = ("snapshot_every_days", "delivery_report")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -85,26 +86,34 @@ def cmd_generate(args: argparse.Namespace) -> None:
         return ["--" + n.replace("_", "-") for n in names if getattr(args, n) is not None]
 
     if args.increment:
-        if given(HISTORY_ONLY):
-            args.usage_error(f"{', '.join(given(HISTORY_ONLY))}: not used with --increment")
+        if given(HISTORY_ONLY + EXPORTED_ONLY):
+            args.usage_error(
+                f"{', '.join(given(HISTORY_ONLY + EXPORTED_ONLY))}: not used with --increment"
+            )
         _generate_increment(args)
         return
     if given(INCREMENT_ONLY):
         args.usage_error(f"{', '.join(given(INCREMENT_ONLY))}: only with --increment")
+    if not args.as_exported and given(EXPORTED_ONLY):
+        args.usage_error(f"{', '.join(given(EXPORTED_ONLY))}: only with --as-exported")
     if args.end_date is None:
         args.usage_error("the following arguments are required: --end-date (or --increment)")
+    shop = {
+        "out": args.out,
+        "customers": args.customers or GENERATE_DEFAULTS["customers"],
+        "days": args.days or GENERATE_DEFAULTS["days"],
+        "end_date": args.end_date,
+        "seed": GENERATE_DEFAULTS["seed"] if args.seed is None else args.seed,
+        "drift_from": args.drift_from,
+        "progress": not args.quiet,
+    }
+    started = time.perf_counter()
+    if args.as_exported:
+        _generate_as_exported(args, shop, started)
+        return
     from ml.synthetic import generate
 
-    started = time.perf_counter()
-    report = generate(
-        out=args.out,
-        customers=args.customers or GENERATE_DEFAULTS["customers"],
-        days=args.days or GENERATE_DEFAULTS["days"],
-        end_date=args.end_date,
-        seed=GENERATE_DEFAULTS["seed"] if args.seed is None else args.seed,
-        drift_from=args.drift_from,
-        progress=not args.quiet,
-    )
+    report = generate(**shop)
     seconds = time.perf_counter() - started
     print(
         f"wrote {report.customers:,} customers, {report.first_day} .. {report.last_day}, "
@@ -112,6 +121,25 @@ def cmd_generate(args: argparse.Namespace) -> None:
     )
     for entity, rows in sorted(report.rows.items()):
         print(f"  {entity:<13} {rows:>12,} rows")
+
+
+def _generate_as_exported(args: argparse.Namespace, shop: dict, started: float) -> None:
+    from ml.deliveries import SNAPSHOT_EVERY_DAYS, generate_as_exported
+
+    report = generate_as_exported(
+        **shop,
+        snapshot_every_days=args.snapshot_every_days or SNAPSHOT_EVERY_DAYS,
+        report_path=args.delivery_report,
+    )
+    seconds = time.perf_counter() - started
+    print(
+        f"wrote {report.customers:,} customers as exports, {report.first_day} .. "
+        f"{report.last_day}, to {args.out} in {seconds:.1f} s "
+        f"(peak memory {_peak_memory_mib():,.0f} MiB)"
+    )
+    print(report.render())
+    if args.delivery_report:
+        print(f"  delivery report: {args.delivery_report}")
 
 
 def _generate_increment(args: argparse.Namespace) -> None:
@@ -228,6 +256,21 @@ def cmd_readout(args: argparse.Namespace) -> None:
     print(readout(load_settings(), args.audience, args.as_of, args.window_days).render())
 
 
+def cmd_quarantine(args: argparse.Namespace) -> None:
+    from ml.ingest import accept_bad_file, quarantine_lines
+    from ml.warehouse import connect
+
+    settings = load_settings()
+    if args.accept:
+        if not args.note:
+            raise ConfigError("--accept needs --note: say why the file may stay unloaded")
+        accept_bad_file(settings, args.accept, args.note)
+        print(f"accepted unloaded: {args.accept} ({args.note})")
+        return
+    with connect(settings, read_only=True) as con:
+        print("\n".join(quarantine_lines(con)))
+
+
 def cmd_dbt(args: argparse.Namespace) -> None:
     from ml.features import run_dbt
 
@@ -315,6 +358,23 @@ def build_parser() -> argparse.ArgumentParser:
         type=_utc_datetime,
         help="with --increment: end of the hours, ISO-8601, UTC without an offset (default now)",
     )
+    generate.add_argument(
+        "--as-exported",
+        action="store_true",
+        default=None,  # None when not given, like the other options checked in cmd_generate
+        help="write the same shop the way real shop and e-mail tool exports look "
+        "(customers snapshots, tools' event names, late and early rows; ml/deliveries.py)",
+    )
+    generate.add_argument(
+        "--snapshot-every-days",
+        type=_positive,
+        help="with --as-exported: days between customers snapshots (default 7, and the last day)",
+    )
+    generate.add_argument(
+        "--delivery-report",
+        type=Path,
+        help="with --as-exported: also write the delivery report (rows per entity) here as JSON",
+    )
     generate.set_defaults(handler=cmd_generate, usage_error=generate.error)
 
     ingest = commands.add_parser("ingest", help="load landing files into the warehouse")
@@ -322,6 +382,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--as-of", type=_date, help="load partitions up to this date (default: all)"
     )
     ingest.set_defaults(handler=cmd_ingest)
+
+    quarantine = commands.add_parser(
+        "quarantine",
+        help="bad files set aside, held rows and rejected rows; --accept a bad file",
+    )
+    quarantine.add_argument(
+        "--accept", metavar="FILE", help="a bad file (as listed) the daily run may go on without"
+    )
+    quarantine.add_argument("--note", help="why (kept with the acceptance, and logged)")
+    quarantine.set_defaults(handler=cmd_quarantine)
 
     features = commands.add_parser("features", help="build the feature marts with dbt for a date")
     features.add_argument("--as-of", type=_date, required=True)

@@ -11,6 +11,7 @@ no Python loop over customers), so memory stays flat in the number of days and 1
 customers over a year fit in a few minutes. Each day's events land in `<entity>/date=<day>/`,
 like the daily increments a shop would export. Events that a day causes later (an open the next
 morning, a review two weeks after an order) are held back and written on the day they happen.
+`ml/deliveries.py` writes the same shop (`Shop`) the way real exports look instead.
 
 `drift_from` changes behaviour from that date on (fewer opens, larger baskets, more mobile and
 later hours, more browsing, bargain hunters buying less), so drift checks have something real to
@@ -27,6 +28,7 @@ name and renamed into place, with ids prefixed by the time so they never collide
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
@@ -657,24 +659,25 @@ def _landing_customer_ids(landing_dir: Path, last_day: dt.date) -> np.ndarray:
 
     import pyarrow.csv as pacsv
 
-    from ml.contract import landing_format
-    from ml.contract import spelling as normalize_column_name
+    from ml.contract import spelling
+    from ml.landing import landing_format
 
     folder, chunks = landing_dir / "customers", []
     for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
         parts = path.relative_to(folder).parts
         later = any(p.startswith("date=") and p[5:] > last_day.isoformat() for p in parts[:-1])
-        fmt = landing_format(path.name)
-        if fmt is None or later:
+        fmt, compression = landing_format(path.name) or (None, None)
+        if fmt not in ("csv", "parquet") or later:
             continue
         if fmt == "parquet":
             names = pq.read_schema(path).names
         else:
-            with path.open(encoding="utf-8-sig", errors="replace") as handle:
+            opener = gzip.open if compression else open
+            with opener(path, "rt", encoding="utf-8-sig", errors="replace") as handle:
                 header = handle.readline()
             delimiter = max(",;\t|", key=header.count)
             names = next(csv.reader([header], delimiter=delimiter))
-        name = next((n for n in names if normalize_column_name(n) == "customer_id"), None)
+        name = next((n for n in names if spelling(n) == "customer_id"), None)
         if name is None:
             continue  # the loader rejects such a file anyway
         if fmt == "parquet":

@@ -15,6 +15,7 @@ import pytest
 from ml.audiences import AudienceError
 from ml.config import Settings
 from ml.consent import VALID_ADDRESS_PATTERN
+from ml.contract import ENTITY_BY_NAME
 from ml.features import DBT_PROJECT_DIR
 from ml.publish import publish_segments
 from ml.trigger_exports import publish_refresh, trigger_exports_dir
@@ -62,9 +63,16 @@ def land(settings: Settings, entity: str, file: str, rows: list[dict], loaded_at
     frame = pd.DataFrame(rows).assign(_source_file=file)  # noqa: F841  (read in SQL)
     frame["_source_row"] = range(1, len(rows) + 1)
     with connect(settings) as con:
-        con.execute(f"INSERT INTO raw.{entity} BY NAME SELECT * FROM frame")
         con.execute(
-            "INSERT INTO raw.loaded_files VALUES (?, ?, ?, 1, 1, NULL, ?, ?, 0, 0, ?)",
+            f"INSERT INTO raw.{ENTITY_BY_NAME[entity].table} BY NAME "
+            "SELECT *, ?::TIMESTAMP AS _loaded_at FROM frame",
+            [loaded_at],
+        )
+        con.execute(
+            """INSERT INTO raw.loaded_files (entity, source_file, sha256, size_bytes, mtime_ns,
+                   partition_date, rows_in_file, rows_loaded, rows_rejected, values_nullified,
+                   loaded_at)
+               VALUES (?, ?, ?, 1, 1, NULL, ?, ?, 0, 0, ?)""",
             [
                 entity,
                 file,
