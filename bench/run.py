@@ -62,7 +62,16 @@ HISTORY_STAGES = {
     "drift": ["drift", "--run", "--as-of"],
 }
 COMPARISONS = ("dbt_features", "duckdb_query", "pandas")
-ALL_STAGES = ("generate", *HISTORY_STAGES, *COMPARISONS, "daily_run", "trigger_refresh")
+ALL_STAGES = (
+    "generate",
+    *HISTORY_STAGES,
+    *COMPARISONS,
+    "daily_run",
+    "trigger_refresh",
+    "customer_snapshot",
+)
+SNAPSHOT_CHANGE_SHARE = 0.001
+"""customer_snapshot: the share of customers whose row differs from their last version."""
 TRIGGER_INCREMENTS = 3
 """Increments timed from landing to published delta, after one that warms up (see refreshes)."""
 TRIGGER_TARGET_SCALE, TRIGGER_TARGET_S = 100_000, 120
@@ -333,6 +342,49 @@ def trigger_refresh(env: dict[str, str], work: Path) -> dict:
     }
 
 
+def customer_snapshot(env: dict[str, str]) -> dict:
+    """A full daily snapshot of the customers table, as shops export it, with a share of the
+    customers changed (a new address, or an opt-out): the time and memory of loading it, which
+    compares every row with its customer's last version. Last, as it adds versions."""
+    import duckdb
+
+    from ml.config import load_settings
+
+    settings = load_settings(env)
+    # In a partition already loaded, so that the snapshot is the only new file.
+    folder = settings.landing_dir / "customers" / f"date={END_DATE}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "snapshot-full.csv.gz"
+    every = round(2 / SNAPSHOT_CHANGE_SHARE)  # half of the changes new addresses, half opt-outs
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        columns = "country, birth_year, gender, acquisition_channel"
+        con.execute(
+            f"""COPY (
+                SELECT customer_id,
+                       CASE WHEN hash(customer_id) % {every} = 0
+                            THEN 'moved.' || coalesce(email, 'x@example.com') ELSE email END AS email,
+                       signup_at, {columns},
+                       CASE WHEN hash(customer_id) % {every} = 1 THEN false
+                            ELSE email_opt_in END AS email_opt_in
+                FROM raw.customers ORDER BY customer_id
+            ) TO '{path}' (HEADER, COMPRESSION gzip)"""
+        )
+        (rows,) = con.execute("SELECT count(*) FROM raw.customers").fetchone()
+    measured = measure([SEGFLOW, "ingest", "--as-of", END_DATE.isoformat()], env)
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        loaded, unchanged = con.execute(
+            "SELECT rows_loaded, rows_unchanged FROM raw.loaded_files WHERE source_file = ?",
+            [str(path.relative_to(settings.landing_dir))],
+        ).fetchone()
+    return {
+        **measured,
+        "rows": rows,
+        "new_versions": loaded,
+        "unchanged": unchanged,
+        "file_mib": round(path.stat().st_size / MIB, 1),
+    }
+
+
 def run(customers: int, days: int, stages: list[str], work: Path, results: dict) -> None:
     """Run the chosen stages into `results`, stage by stage (a failure keeps what came before)."""
     env = bench_env(work)
@@ -371,6 +423,8 @@ def run(customers: int, days: int, stages: list[str], work: Path, results: dict)
         results["daily_run"] = daily_run(env)
     if "trigger_refresh" in stages:
         results["trigger_refresh"] = trigger_refresh(env, work)
+    if "customer_snapshot" in stages:
+        results["customer_snapshot"] = customer_snapshot(env)
 
 
 def targets(result: dict) -> list[tuple[str, str, str, bool | None]]:
@@ -489,6 +543,16 @@ def scale_section(result: dict) -> list[str]:
             "",
         ]
     lines += trigger_section(result)
+    snapshot = result.get("customer_snapshot")
+    if snapshot:
+        lines += [
+            f"A full daily snapshot of the customers table ({snapshot['rows']:,} rows, gzip CSV, "
+            f"{snapshot['file_mib']:,} MiB) with {SNAPSHOT_CHANGE_SHARE:.1%} of them changed, "
+            f"loaded by `segflow ingest`: **{snapshot['seconds']:,.1f} s, peak "
+            f"{snapshot['peak_mib']:,} MiB**; {snapshot['new_versions']:,} new versions, "
+            f"{snapshot['unchanged']:,} rows unchanged.",
+            "",
+        ]
     comparisons = result.get("comparisons", {})
     if comparisons:
         floor = comparisons.get("duckdb_query", {}).get("seconds")
@@ -662,7 +726,7 @@ def save(customers: int, days: int, result: dict) -> None:
     for part in ("stages", "comparisons"):
         result[part] = {**earlier.get(part, {}), **result[part]}
     result["rows"] = result.get("rows") or earlier.get("rows", {})
-    for part in ("daily_run", "trigger_refresh"):
+    for part in ("daily_run", "trigger_refresh", "customer_snapshot"):
         if part not in result and part in earlier:
             result[part] = earlier[part]
     all_results[key] = result

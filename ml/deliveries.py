@@ -9,7 +9,7 @@ e-mail tools export it, for tests and benchmarks of a loader that must take real
   snapshots a small share of customers change their address or opt out or in, spelled as
   e-mail tools and databases spell it; everyone else is delivered again exactly as before.
 - orders: Parquet with integer ids and `updated_at`; some completed orders are delivered
-  again 1-10 days later, refunded.
+  again, refunded, 1-10 partitions after their first delivery.
 - email_events: one CSV per tool and day (SendGrid sends Tuesday's campaigns, Klaviyo
   Friday's) with the tools' event names; some files write customer ids as floats (`100042.0`),
   as pandas does when the column had nulls.
@@ -30,7 +30,7 @@ import gzip
 import json
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -45,7 +45,8 @@ from ml.synthetic import DAY_US, EPOCH, UTC_MICROS, Shop
 CUSTOMER_ID_BASE = 100_000
 SNAPSHOT_EVERY_DAYS = 7
 CHANGE_SHARES = {"email": 0.004, "opt_out": 0.003, "opt_in": 0.003}
-"""Share of the customers of the previous snapshot who change so, by the next snapshot."""
+"""Share of the customers of the previous snapshot who get a new address, or an opt-in value
+written as an opt-out or an opt-in, by the next snapshot."""
 OPT_OUT_VALUES = np.array(["no", "off", "unsubscribed", "false", "0", "N", "opted_out"], object)
 OPT_IN_VALUES = np.array(["yes", "subscribed", "1", "TRUE"], object)
 LATE_SHARE = 0.03
@@ -79,8 +80,8 @@ TOOL_EVENT_NAMES = {
         "complaint": "Marked Email as Spam",
     },
 }
-CAMPAIGN_TOOLS = {"-A": "sendgrid", "-B": "klaviyo"}
-"""The tool that sends a campaign, by the end of its id (Tuesday's A, Friday's B)."""
+KLAVIYO_CAMPAIGNS = "-B"
+"""Klaviyo sends the campaigns whose id ends so (Friday's), SendGrid all others."""
 
 FILES = {
     # stream: (entity folder, file name in each date partition)
@@ -91,6 +92,7 @@ FILES = {
     "web_events": ("web_events", "events.jsonl"),
     "reviews": ("reviews", "reviews.tsv"),
 }
+EVENT_STREAMS = ("orders", "sendgrid", "klaviyo", "web_events", "reviews")
 ENTITIES = ("customers", "orders", "email_events", "web_events", "reviews")
 
 
@@ -119,12 +121,29 @@ class DeliveryReport:
     snapshot_days: list[dt.date]
     entities: dict[str, EntityDeliveries]
     customer_changes: dict[str, int]
-    """Changed versions of customers by kind: email, opt_out, opt_in."""
+    """Changed versions of customers by what changed: `email` a new address, `opt_out` and
+    `opt_in` the consent (from the other value or from none), `respelled` the same consent in
+    another spelling (`true` as `yes`), which a loader that knows the spellings finds
+    unchanged."""
     early_unsubscribes: int
     """Unsubscribes among the early e-mail events."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), default=dt.date.isoformat, indent=2)
+
+    def render(self) -> str:
+        columns = ("files", "rows", "first", "unchanged", "changed", "late", "early")
+        lines = ["  entity       " + "".join(f"{c:>12}" for c in columns)]
+        for entity, counts in self.entities.items():
+            lines.append(f"  {entity:<13}" + "".join(f"{n:>12,}" for n in astuple(counts)))
+        changes = self.customer_changes
+        lines.append(
+            f"  snapshots: {len(self.snapshot_days)}; customers changed: {changes['email']:,} "
+            f"addresses, {changes['opt_out']:,} opt-outs, {changes['opt_in']:,} opt-ins, "
+            f"{changes['respelled']:,} consents respelled; "
+            f"early unsubscribes: {self.early_unsubscribes:,}"
+        )
+        return "\n".join(lines)
 
 
 def generate_as_exported(
@@ -171,7 +190,9 @@ class _Exports:
         self.previous_snapshot = 0
         self.pending: dict[tuple[str, int], list[pa.Table]] = defaultdict(list)
         self.entities = {entity: EntityDeliveries() for entity in ENTITIES}
-        self.customer_changes = dict.fromkeys(CHANGE_SHARES, 0)
+        self.customer_changes = dict.fromkeys((*CHANGE_SHARES, "respelled"), 0)
+        # The consent each customer's email_opt_in means: 1 in, 0 out, -1 none given.
+        self.consent = np.where(people.opt_in_missing, -1, people.opt_in).astype(np.int8)
         self.early_unsubscribes = 0
 
     def report(self, end_date: dt.date) -> DeliveryReport:
@@ -254,8 +275,10 @@ class _Exports:
     def _email_events(self, index: int, shop_events: pa.Table) -> None:
         table = _with_integer_customers(shop_events)
         delivery = self._delivery_days(index, table)
-        for suffix, tool in CAMPAIGN_TOOLS.items():
-            by_tool = pc.ends_with(table["campaign_id"], suffix).to_numpy(zero_copy_only=False)
+        klaviyo = pc.ends_with(table["campaign_id"], KLAVIYO_CAMPAIGNS).to_numpy(
+            zero_copy_only=False
+        )
+        for tool, by_tool in (("sendgrid", ~klaviyo), ("klaviyo", klaviyo)):
             events = table.filter(pa.array(by_tool))
             kinds = events["event_type"]
             names = TOOL_EVENT_NAMES[tool]
@@ -277,7 +300,7 @@ class _Exports:
         """Write the partition of day `index`: the snapshot if it is one, and queued rows."""
         if index in self.snapshot_days:
             self._snapshot(index)
-        for stream in ("orders", *CAMPAIGN_TOOLS.values(), "web_events", "reviews"):
+        for stream in EVENT_STREAMS:
             parts = self.pending.pop((stream, index), None)
             if parts:
                 self._write(stream, index, pa.concat_tables(parts))
@@ -308,16 +331,21 @@ class _Exports:
                 values = pc.binary_join_element_wise(
                     "customer", numbers, f".{day:%Y%m%d}@example.net", ""
                 )
+                self.customer_changes["email"] += who.size
             else:
-                spellings = OPT_OUT_VALUES if change == "opt_out" else OPT_IN_VALUES
+                opting_in = change == "opt_in"
+                spellings = OPT_IN_VALUES if opting_in else OPT_OUT_VALUES
                 values = spellings[self.rng.integers(0, spellings.size, who.size)]
                 # Only a different value is a change (an opt-out spelled as it was is not).
                 different = values != current_opt_in.take(who).to_numpy(zero_copy_only=False)
                 who, values = who[different], pa.array(values[different], pa.string())
+                respelled = int((self.consent[who] == opting_in).sum())
+                self.customer_changes["respelled"] += respelled
+                self.customer_changes[change] += who.size - respelled
+                self.consent[who] = opting_in
             column = "email" if change == "email" else "email_opt_in"
             self.customers = _replace_rows(self.customers, column, who, values)
             changed[who] = True
-            self.customer_changes[change] += who.size
         # Each change happened after the previous snapshot's day, by the end of this one.
         who = np.flatnonzero(changed)
         since_us = (self.first_number + self.previous_snapshot + 1) * DAY_US

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import gzip
+import hashlib
 import itertools
 import json
 import re
@@ -14,6 +16,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
+from ml.cli import main
 from ml.contract import EMAIL_EVENT_SYNONYMS, EMAIL_EVENT_TYPES, OPT_IN_SPELLINGS, spelling
 from ml.deliveries import DeliveryReport, generate_as_exported
 from ml.synthetic import generate
@@ -62,7 +65,9 @@ def delivered(exported) -> Iterator[duckdb.DuckDBPyConnection]:
         "customers": "read_csv('{}/customers/*/*.csv.gz', all_varchar = true",
         "orders": "read_parquet('{}/orders/*/*.parquet'",
         "email_events": "read_csv('{}/email_events/*/*.csv', all_varchar = true",
-        "web_events": "read_json('{}/web_events/*/*.jsonl', format = 'newline_delimited'",
+        # Timestamps as the text they are written as, in every format.
+        "web_events": "read_json('{}/web_events/*/*.jsonl', format = 'newline_delimited', "
+        "timestampformat = 'none'",
         "reviews": "read_csv('{}/reviews/*/*.tsv', delim = '\t', all_varchar = true",
     }
     with duckdb.connect() as con:
@@ -105,18 +110,15 @@ def test_files_look_like_real_exports(exported):
 
 
 def test_email_events_speak_the_tools_language(delivered):
-    ids_by_file = query(
+    # Some files write customer ids as floats, the others as integers; event ids are text.
+    spellings = query(
         delivered,
-        """SELECT filename, bool_and(customer_id LIKE '%.0'), bool_or(customer_id LIKE '%.0'),
-                  bool_and(event_id LIKE 'E%')
+        """SELECT DISTINCT bool_and(customer_id LIKE '%.0'), bool_or(customer_id LIKE '%.0'),
+                           bool_and(regexp_full_match(customer_id, '[0-9]+(\\.0)?')),
+                           bool_and(event_id LIKE 'E%')
            FROM email_events GROUP BY filename""",
     )
-    float_files = [f for f, all_floats, _, _ in ids_by_file if all_floats]
-    integer_files = [f for f, _, any_float, _ in ids_by_file if not any_float]
-    assert (
-        float_files and integer_files and len(float_files) + len(integer_files) == len(ids_by_file)
-    )
-    assert all(string_ids for *_, string_ids in ids_by_file)
+    assert sorted(spellings) == [(False, False, True, True), (True, True, True, True)]
     names = dict(query(delivered, "SELECT event_type, count(*) FROM email_events GROUP BY ALL"))
     sendgrid = {"processed", "delivered", "open", "click", "bounce", "dropped"}
     klaviyo = {"Received Email", "Opened Email", "Clicked Email", "Bounced Email"}
@@ -128,6 +130,10 @@ def test_email_events_speak_the_tools_language(delivered):
     )
 
 
+def meaning(opt_in: str | None) -> bool | None:
+    return None if opt_in is None else OPT_IN_SPELLINGS[spelling(opt_in)]
+
+
 def test_customers_change_between_snapshots_and_nobody_else_does(exported, delivered):
     report = exported[1]
     opt_ins = {r[0] for r in query(delivered, "SELECT DISTINCT email_opt_in FROM customers")}
@@ -136,7 +142,7 @@ def test_customers_change_between_snapshots_and_nobody_else_does(exported, deliv
     assert all(spelling(value) in OPT_IN_SPELLINGS for value in opt_ins - {None})
 
     rows = query(delivered, f"SELECT {PARTITION}, * EXCLUDE (filename) FROM customers ORDER BY 1")
-    first, unchanged, changed = 0, 0, 0
+    first, unchanged, changed = 0, 0, collections.Counter()
     previous: dict[str, tuple] = {}
     for day, snapshot in itertools.groupby(rows, key=lambda row: row[0]):
         snapshot = list(snapshot)
@@ -150,19 +156,21 @@ def test_customers_change_between_snapshots_and_nobody_else_does(exported, deliv
             elif before == row:
                 unchanged += 1
             else:
-                changed += 1
                 # Only the address or the opt-in changed, with a later updated_at.
                 differs = {i for i, (a, b) in enumerate(zip(before, row, strict=True)) if a != b}
                 assert differs in ({1, 8}, {7, 8}), (before, row)
                 assert before[8] < row[8] and row[8][:10] <= day.isoformat()
+                consent, now = meaning(before[7]), meaning(row[7])
+                what = "email" if 1 in differs else "respelled" if consent == now else None
+                changed[what or ("opt_in" if now else "opt_out")] += 1
         previous = current
     counts = report.entities["customers"]
-    assert (first, unchanged, changed) == (
+    assert (first, unchanged, changed.total()) == (
         counts.first_deliveries,
         counts.unchanged_redeliveries,
         counts.changed_redeliveries,
     )
-    assert first == SHOP["customers"] and changed == sum(report.customer_changes.values())
+    assert first == SHOP["customers"] and changed == report.customer_changes
     assert min(report.customer_changes.values()) > 0
     assert all(str(r[0]).isdigit() for r in previous.values())
 
@@ -173,9 +181,9 @@ def test_report_counts_match_the_files(exported, delivered):
     first_snapshot = f"""(SELECT customer_id::DOUBLE::BIGINT AS customer, min({PARTITION}) AS day
                           FROM customers GROUP BY ALL)"""
     for entity, counts in report.entities.items():
-        rows, files = query(delivered, f"SELECT count(*), count(DISTINCT filename) FROM {entity}")[
-            0
-        ]
+        [(rows, files)] = query(
+            delivered, f"SELECT count(*), count(DISTINCT filename) FROM {entity}"
+        )
         assert (rows, files) == (counts.rows, counts.files), entity
         assert rows == (
             counts.first_deliveries + counts.unchanged_redeliveries + counts.changed_redeliveries
@@ -187,26 +195,26 @@ def test_report_counts_match_the_files(exported, delivered):
         # Late: delivered in a partition after the day it happened; a refund is not late but
         # a re-delivery (its updated_at is its own).
         first_delivery = "updated_at = ordered_at" if entity == "orders" else "true"
-        late, early = query(
-            landing,
+        [(late, early)] = query(
+            delivered,
             f"""SELECT count(*) FILTER (WHERE {happened} < {PARTITION} AND {first_delivery}),
                        count(*) FILTER (WHERE {PARTITION} < s.day)
                 FROM {entity} JOIN {first_snapshot} s
                   ON s.customer = {entity}.customer_id::DOUBLE::BIGINT""",
-        )[0]
+        )
         assert late == counts.late > 0, entity
         assert early == counts.early, entity
     assert min(report.entities[e].early for e in ("orders", "email_events", "web_events")) > 0
 
     # A completed order is re-delivered refunded 1-10 partitions later, at most once.
-    refunds = query(
+    [refunds] = query(
         delivered,
         f"""SELECT count(*), count(*) FILTER (WHERE {PARTITION} - n.first_day BETWEEN 1 AND 10
                                              AND updated_at::DATE = {PARTITION})
             FROM orders JOIN (SELECT order_id, min({PARTITION}) AS first_day, count(*) AS copies
                               FROM orders GROUP BY ALL) n USING (order_id)
             WHERE updated_at > ordered_at""",
-    )[0]
+    )
     assert refunds[0] == refunds[1] == report.entities["orders"].changed_redeliveries > 0
     copies = query(delivered, "SELECT DISTINCT count(*) FROM orders GROUP BY order_id ORDER BY 1")
     assert copies == [(1,), (2,)]
@@ -224,3 +232,93 @@ def test_report_counts_match_the_files(exported, delivered):
             WHERE event_type IN ('group_unsubscribe', 'Unsubscribed') AND {PARTITION} < s.day""",
     )
     assert early_unsubscribes == [(report.early_unsubscribes,)] and report.early_unsubscribes > 0
+
+
+def tree_digest(folder: Path) -> str:
+    """sha256 over every file's path and sha256, in path order."""
+    lines = [
+        f"{path.relative_to(folder)} {hashlib.sha256(path.read_bytes()).hexdigest()}\n"
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    ]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+# Of `segflow generate --customers 200 --days 30 --end-date 2026-06-30 --seed 5` as written
+# before --as-exported existed (pyarrow 25.0.1: another pyarrow may write other Parquet bytes).
+PLAIN_DIGEST = "931778764b11cfbac3cbba39933869dc7bf9b1fcb09c3f14f60acfaeacc0bb1c"
+
+
+def test_without_the_option_the_output_is_byte_identical(tmp_path: Path):
+    shop = ["--customers", "200", "--days", "30", "--end-date", "2026-06-30", "--seed", "5"]
+    main(["generate", *shop, "--out", str(tmp_path / "plain"), "--quiet"])
+    assert tree_digest(tmp_path / "plain") == PLAIN_DIGEST
+
+
+def test_cli_writes_what_the_api_writes(exported, tmp_path: Path, capsys):
+    landing, report, report_path = exported
+    shop = ["--customers", "3000", "--days", "90", "--end-date", "2026-06-30", "--seed", "3"]
+    main(
+        ["generate", *shop, "--as-exported", "--out", str(tmp_path / "landing")]
+        + ["--delivery-report", str(tmp_path / "report.json"), "--quiet"]
+    )
+    assert tree_digest(tmp_path / "landing") == tree_digest(landing)  # same seed, same bytes
+    assert (tmp_path / "report.json").read_text() == report_path.read_text()
+    printed = capsys.readouterr().out
+    assert "wrote 3,000 customers as exports, 2026-04-02 .. 2026-06-30" in printed
+    orders = report.entities["orders"]
+    assert f"  orders {orders.files:>18,}{orders.rows:>12,}" in printed
+    for wrong, message in (
+        (["--increment", "--as-exported"], "--as-exported: not used with --increment"),
+        (["--end-date", "2026-06-30", "--snapshot-every-days", "3"], "only with --as-exported"),
+    ):
+        with pytest.raises(SystemExit):
+            main(["generate", *wrong, "--out", str(tmp_path / "refused")])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+
+
+def contract_type(name: str) -> str:
+    return name if name in EMAIL_EVENT_TYPES else EMAIL_EVENT_SYNONYMS[spelling(name)]
+
+
+def test_the_exports_deliver_the_same_shop_as_generate(delivered, plain: Path):
+    """Each row of the plain shop is delivered once as it was (ids as integers, timestamps as
+    text), and nothing else but customers' and orders' later versions."""
+    iso = "strftime({}, '%Y-%m-%dT%H:%M:%S.%fZ')"
+    number = "100000 + substr(customer_id, 2)::BIGINT"
+    shop = {
+        "customers": f"""SELECT {number}, email, {iso.format("signup_at")}, country, birth_year,
+                                gender, acquisition_channel, email_opt_in::VARCHAR FROM t""",
+        "orders": f"""SELECT substr(order_id, 2)::BIGINT, {number}, ordered_at, amount, items,
+                             category, status FROM t""",
+        "email_events": f"""SELECT event_id, {number}, campaign_id, event_type,
+                                   {iso.format("occurred_at")}, device FROM t""",
+        "web_events": f"""SELECT event_id, {number}, session_id, event_type,
+                                 {iso.format("occurred_at")}, device, category FROM t""",
+        "reviews": f"SELECT review_id, {number}, {iso.format('created_at')}, rating, text FROM t",
+    }
+    as_delivered = {
+        "customers": """SELECT customer_id::BIGINT, email, signup_at, country,
+                               birth_year::BIGINT, gender, acquisition_channel, email_opt_in
+                        FROM customers QUALIFY row_number() OVER (PARTITION BY customer_id
+                                                                  ORDER BY filename) = 1""",
+        "orders": """SELECT * EXCLUDE (filename, updated_at) FROM orders
+                     WHERE updated_at = ordered_at""",
+        "email_events": """SELECT event_id, customer_id::DOUBLE::BIGINT, campaign_id,
+                                  event_type, occurred_at, device FROM email_events""",
+        "web_events": "SELECT * EXCLUDE (filename) FROM web_events",
+        "reviews": """SELECT review_id, customer_id::BIGINT, created_at, rating::BIGINT, text
+                      FROM reviews""",
+    }
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        for entity, sql in shop.items():
+            con.execute(
+                f"CREATE OR REPLACE VIEW t AS SELECT * FROM read_parquet('{plain}/{entity}/*/*.parquet')"
+            )
+            expected = sorted(con.execute(sql).fetchall(), key=str)
+            got = query(delivered, as_delivered[entity])
+            if entity == "email_events":
+                got = [(*row[:3], contract_type(row[3]), *row[4:]) for row in got]
+            assert sorted(got, key=str) == expected, entity
