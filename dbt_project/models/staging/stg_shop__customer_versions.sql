@@ -10,20 +10,10 @@ with source as (
     select * from {{ source('shop', 'customer_versions') }}
 ),
 
-ordered as (
-    select
-        *,
-        row_number() over delivery as version_number,
-        lead(_version_at) over delivery as superseded_at
-    from source
-    window delivery as (partition by customer_id order by _version_at, _loaded_at, _source_file, _source_row)
-),
-
 renamed as (
     select
         customer_id,
-        case when version_number > 1 then _version_at end as valid_from,
-        superseded_at as valid_to,
+        {{ version_validity() }},
         lower(trim(email)) as email,
         {{ is_valid_email('lower(trim(email))') }} as has_valid_email,
         signup_at,
@@ -33,7 +23,8 @@ renamed as (
         lower(acquisition_channel) as acquisition_channel,
         -- What an empty opt-in means is a setting, privacy-safe by default (not e-mailable).
         coalesce(email_opt_in, {{ 'true' if env_var('SEGFLOW_EMPTY_OPT_IN_MEANS', 'opted_out') == 'opted_in' else 'false' }}) as is_opted_in
-    from ordered
+    from source
+    {{ versions_window('customer_id') }}
 )
 
 select * from renamed

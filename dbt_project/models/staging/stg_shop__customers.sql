@@ -6,8 +6,7 @@ with versions as (
 in_force as (
     select * exclude (valid_from, valid_to)
     from versions
-    where (valid_from is null or valid_from < {{ as_of_cutoff() }})
-      and (valid_to is null or valid_to >= {{ as_of_cutoff() }})
+    where {{ in_force_at_cutoff() }}
 )
 
 select * from in_force
