@@ -46,7 +46,7 @@ DBT_SOURCES := $(shell find dbt_project/models dbt_project/macros dbt_project/te
 	dbt_project/dbt_project.yml dbt_project/profiles.yml
 SCALE ?= 100000
 
-.PHONY: help setup demo run backfill test test-fast lint format up down bench drift-check clean airflow-init dbt-docs
+.PHONY: help setup demo run backfill test test-fast lint format up down bench drift-check delivery-check clean airflow-init dbt-docs
 
 help:
 	@echo "make demo                 set up, generate $(DEMO_CUSTOMERS) customers, run the pipeline through Airflow"
@@ -56,6 +56,7 @@ help:
 	@echo "make up / make down       Airflow UI and MLflow UI on 127.0.0.1"
 	@echo "make bench [SCALE=N]      benchmarks -> docs/benchmarks.md"
 	@echo "make drift-check          a month of daily drift monitoring, steady vs drifted -> docs/drift-check.md"
+	@echo "make delivery-check       60 daily runs through Airflow on data as shops export it -> docs/delivery-check.md"
 	@echo "make lint / make format   ruff"
 
 setup: $(INSTALLED) $(DBT_MANIFEST)
@@ -103,8 +104,30 @@ demo:
 	@echo "  triggers     make up, unpause refresh_triggers, then: .venv/bin/segflow generate --increment --out $(SEGFLOW_LANDING_DIR)"
 	@echo "               and watch $(SEGFLOW_DATA_DIR)/exports/triggers (docs/operations.md, event-driven refresh)"
 
+define CHECK_AS_OF
+import sys
+from ml.orchestration import AsOfDateError, runnable_as_of
+try:
+    runnable_as_of(sys.argv[1])
+except AsOfDateError as error:
+    sys.exit(f"AS_OF={sys.argv[1]}: {error}")
+endef
+export CHECK_AS_OF
+
+# `airflow dags test` reports success even when it ran no task: the run's task states decide.
+define CHECK_RUN_RAN
+import json, sys
+from ml.orchestration import RunDidNotRun, check_run_ran
+try:
+    print(check_run_ran(json.load(sys.stdin), required_task="publish"))
+except RunDidNotRun as error:
+    sys.exit(f"Airflow reported success, but the run did not run: {error}")
+endef
+export CHECK_RUN_RAN
+
 run: $(AIRFLOW_READY)
 	@test -n "$(AS_OF)" || (echo "usage: make run AS_OF=YYYY-MM-DD" >&2; exit 2)
+	@$(BIN)/python -c "$$CHECK_AS_OF" "$(AS_OF)"
 	@$(BIN)/segflow config > /dev/null
 	@mkdir -p $(RUN_LOGS)
 	@echo "segment_pipeline for $(AS_OF): airflow dags test, log in $(RUN_LOGS)/segment_pipeline_$(AS_OF).log"
@@ -112,15 +135,20 @@ run: $(AIRFLOW_READY)
 	if ! $(BIN)/airflow dags test segment_pipeline $(AS_OF) > $$log 2>&1; then \
 		tail -n 60 $$log; echo "run for $(AS_OF) failed: full log in $$log" >&2; exit 1; \
 	fi; \
+	if ! states=$$($(BIN)/airflow tasks states-for-dag-run segment_pipeline $(AS_OF) -o json 2>>$$log) \
+		|| ! tasks=$$($(BIN)/python -c "$$CHECK_RUN_RAN" <<< "$$states"); then \
+		echo "run for $(AS_OF) failed: full log in $$log" >&2; exit 1; \
+	fi; \
 	sed -n '/ingest as of/,/reviews /p' $$log | sed -E 's/^[^ ]+ \[info *\] /  /; s/ \[ml\.ingest\].*$$//'; \
-	echo "run for $(AS_OF) succeeded in $$(( $$(date +%s) - start )) s"
+	echo "run for $(AS_OF) succeeded in $$(( $$(date +%s) - start )) s (tasks: $$tasks)"
 
 define CHECK_DATE_RANGE
-import datetime as d, sys
+import sys
+from ml.orchestration import AsOfDateError, runnable_as_of
 try:
-    start, end = (d.date.fromisoformat(value) for value in sys.argv[1:3])
-except ValueError as error:
-    sys.exit(f"START and END must be dates (YYYY-MM-DD): {error}")
+    start, end = (runnable_as_of(value) for value in sys.argv[1:3])
+except AsOfDateError as error:
+    sys.exit(f"START and END: {error}")
 if end < start:
     sys.exit(f"END {end} is before START {start}")
 endef
@@ -205,6 +233,9 @@ bench: $(INSTALLED) $(DBT_MANIFEST)
 
 drift-check: $(INSTALLED) $(DBT_MANIFEST)
 	$(BIN)/python bench/drift_check.py
+
+delivery-check: $(INSTALLED) $(DBT_MANIFEST)
+	$(BIN)/python bench/delivery_check.py
 
 clean:
 	rm -rf $(SEGFLOW_DATA_DIR) $(AIRFLOW_HOME)

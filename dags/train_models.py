@@ -108,7 +108,7 @@ def train_models():
         if trained["not_applicable"]:
             return {
                 "kind": trained["kind"],
-                "status": "not applicable",
+                "status": "not_applicable",
                 "reason": trained["not_applicable"],
             }
         return promote(load_settings(), trained["kind"], trained["version"])

@@ -9,7 +9,7 @@ importing Great Expectations takes about ten seconds.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import great_expectations as gx
 from great_expectations import expectations as gxe
@@ -225,8 +225,13 @@ def segments_suite(
     persona_names: list[str],
     previous_means: Mapping[str, float],
     thresholds: QualityThresholds,
+    not_applicable: Collection[str] = (),
 ) -> gx.ExpectationSuite:
-    """The scored segments of one date, in staging, before they are published."""
+    """The scored segments of one date, in staging, before they are published. A model kind in
+    `not_applicable` scored nobody: its score and model version columns must be empty."""
+    from ml.score import OUTPUT_COLUMNS
+
+    empty = {OUTPUT_COLUMNS[kind] for kind in not_applicable}
     checks = [
         gxe.ExpectTableColumnsToMatchSet(
             column_set=list(SEGMENT_COLUMNS),
@@ -250,6 +255,8 @@ def segments_suite(
         "best_send_hour",
         "is_emailable",
     ):
+        if column in empty:
+            continue
         checks.append(
             gxe.ExpectColumnValuesToNotBeNull(
                 column=column, meta=_meta(ERROR, "every customer is scored")
@@ -301,13 +308,14 @@ def segments_suite(
             meta=_meta(ERROR, "a suppressed customer says why"),
         ),
     ]
-    for kind in (
-        "personas",
-        "purchase_propensity",
-        "churn_risk",
-        "engagement_propensity",
-        "customer_value",
-    ):
+    for kind in not_applicable:
+        for column in (OUTPUT_COLUMNS[kind], f"{kind}_model_version"):
+            checks.append(
+                gxe.ExpectColumnValuesToBeNull(
+                    column=column, meta=_meta(ERROR, "a model not applicable scores nobody")
+                )
+            )
+    for kind in (kind for kind in OUTPUT_COLUMNS if kind not in not_applicable):
         checks.append(
             gxe.ExpectColumnValuesToBeBetween(
                 column=f"{kind}_model_version",
@@ -321,7 +329,7 @@ def segments_suite(
                 meta=_meta(ERROR, "every score names the model version behind it"),
             )
         )
-    for column in GUARDED_SCORES:
+    for column in (column for column in GUARDED_SCORES if column not in empty):
         checks += _mean_guard(column, previous_means, thresholds, "publications")
     return gx.ExpectationSuite(name="customer_segments", expectations=checks)
 

@@ -18,7 +18,8 @@ The file (`SEGFLOW_AUDIENCES_PATH`, default `audiences.yml` in the project):
           purchase_propensity: {">=": 0.6}   # operators: in, not in, ==, !=, >=, >, <=, <
           churn_risk_band: high              # a single value: equals
 
-A filter on `churn_risk` or its band matches active customers only (others have no churn risk).
+A filter on `churn_risk` or its band matches active customers only (others have no churn risk);
+a filter on the score of a model that is not applicable (null for everyone) matches nobody.
 """
 
 from __future__ import annotations

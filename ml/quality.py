@@ -284,10 +284,12 @@ def run_features_gate(settings: Settings, as_of: dt.date):
 
 def segments_frame(
     settings: Settings, as_of: dt.date
-) -> tuple[pd.DataFrame, int, dict[str, float]]:
+) -> tuple[pd.DataFrame, int, dict[str, float], list[str]]:
     """The date's staged segments (sampled when large), the number of feature rows of the date
-    under the same sample, and the guarded scores' means over the previous publications."""
+    under the same sample, the guarded scores' means over the previous publications, and the
+    models that were not applicable when the date was scored."""
     from expectations.suites import GUARDED_SCORES
+    from ml.score import not_applicable_on
 
     with connect(settings, read_only=True) as con:
         if not table_exists(con, "staging", "customer_segments"):
@@ -311,7 +313,8 @@ def segments_frame(
             if table_exists(con, "published", "customer_segments")
             else {}
         )
-    return frame, feature_rows, previous
+        not_applicable = list(not_applicable_on(con, "staging", as_of))
+    return frame, feature_rows, previous, not_applicable
 
 
 def run_segments_gate(settings: Settings, as_of: dt.date):
@@ -321,8 +324,10 @@ def run_segments_gate(settings: Settings, as_of: dt.date):
     from expectations.suites import segments_suite
     from ml.personas import PERSONA_CATALOGUE
 
-    frame, feature_rows, previous = segments_frame(settings, as_of)
-    suite = segments_suite(feature_rows, list(PERSONA_CATALOGUE), previous, settings.quality)
+    frame, feature_rows, previous, not_applicable = segments_frame(settings, as_of)
+    suite = segments_suite(
+        feature_rows, list(PERSONA_CATALOGUE), previous, settings.quality, not_applicable
+    )
     report = validate_frame(settings, frame, suite, as_of)
     report.raise_on_errors()
     return report

@@ -44,7 +44,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: order.get(item.path.name, len(order)))
 
 
-def run_make(target: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+def run_make(target: str, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
     """`make <target>` in the project, as a user runs it, with `env`."""
     return subprocess.run(
         ["make", "--no-print-directory", target],
@@ -52,7 +52,7 @@ def run_make(target: str, env: dict[str, str]) -> subprocess.CompletedProcess:
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
 
 

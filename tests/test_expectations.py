@@ -351,9 +351,7 @@ def test_every_outcome_is_stored_and_a_rerun_replaces_it(gx_modules, settings: S
     suite = suites.raw_suite("orders", LOADED)
     bad = changed(good_raw("orders"), "amount", 2, -5.0)
     report = runner.validate_frame(settings, bad, suite, AS_OF)
-    runner.validate_frame(
-        settings, bad, suites.raw_suite("orders", LOADED), AS_OF
-    )
+    runner.validate_frame(settings, bad, suites.raw_suite("orders", LOADED), AS_OF)
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         rows = con.execute(
             """SELECT suite, expectation, column_name, severity, success, unexpected_count, examples

@@ -171,3 +171,40 @@ def test_rerunning_the_monitor_replaces_the_date_rows(monitored: dict):
     before = counts()
     monitor(settings, TRAINED_AS_OF)
     assert counts() == before
+
+
+def test_a_model_not_applicable_is_noted_and_the_others_are_monitored(
+    trained_settings: Settings, tmp_path: Path
+):
+    from ml.monitoring import monitor
+    from ml.publish import publish_segments
+    from ml.registry import mark_not_applicable
+    from ml.score import score_customers
+
+    shutil.copy(trained_settings.warehouse_path, tmp_path / "warehouse.duckdb")
+    shutil.copy(trained_settings.mlflow_dir / "mlflow.db", tmp_path / "mlflow.db")
+    settings = load_settings(
+        {
+            "SEGFLOW_DATA_DIR": str(tmp_path),
+            "SEGFLOW_LANDING_DIR": str(trained_settings.landing_dir),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        }
+    )
+    mark_not_applicable(settings, "engagement_propensity", "no clicks", TRAINED_AS_OF.isoformat())
+    for date in (SCORED, TRAINED_AS_OF):
+        score_customers(settings, date)
+        publish_segments(settings, date, run_id=f"test__{date}", gate_passed=True)
+
+    result = monitor(settings, TRAINED_AS_OF)
+
+    assert f"engagement_propensity on {SCORED}: not applicable, no score to judge" in result.notes
+    assert f"engagement_propensity: not applicable on {TRAINED_AS_OF}, no score to check" in (
+        result.notes
+    )
+    assert set(result.model_performance["model_kind"]) == {
+        "purchase_propensity",
+        "churn_risk",
+        "customer_value",
+    }
+    assert "engagement_propensity" not in set(result.drift_metrics["model_kind"].dropna())
+    assert "personas" in set(result.drift_metrics["model_kind"])

@@ -269,3 +269,69 @@ def test_an_interrupted_swap_is_repaired_by_the_next_publish(staged: Settings):
     assert {k: v for k, v in export_files(staged).items() if k != "manifest.json"} == {
         k: v for k, v in files.items() if k != "manifest.json"
     }
+
+
+NO_CLICKS = "0 of 3,000 customers clicked an e-mail in the 30 days after 2026-05-01"
+
+
+def without_engagement(frame: pd.DataFrame) -> pd.DataFrame:
+    """Scored rows as scoring leaves them when the engagement model is not applicable."""
+    return frame.assign(
+        engagement_propensity=np.nan,
+        engagement_propensity_band=None,
+        engagement_propensity_model_version=pd.array([None] * len(frame), dtype="Int64"),
+    )
+
+
+def test_a_model_not_applicable_is_published_with_its_reason_and_its_filters_select_nobody(
+    staged: Settings,
+):
+    from ml.registry import NotApplicable
+
+    audiences = [
+        *AUDIENCES,
+        Audience("clickers", "", 0.1, (Filter("engagement_propensity", ">=", 0.0),)),
+        Audience("not_low", "", 0.1, (Filter("engagement_propensity_band", "not in", ("low",)),)),
+    ]
+    with connect(staged) as con:
+        con.register("frame", without_engagement(scored_frame(seed=1)))
+        con.execute("CREATE OR REPLACE TEMP TABLE scored_segments AS SELECT * FROM frame")
+        stage_scored_segments(
+            con, AS_OF, audiences, [NotApplicable("engagement_propensity", NO_CLICKS, "2026-06-30")]
+        )
+
+    result = publish_segments(staged, AS_OF, run_id="run-1", gate_passed=True)
+
+    manifest = json.loads(Path(result["manifest"]).read_text())
+    assert manifest["not_applicable"] == {"engagement_propensity": NO_CLICKS}
+    assert manifest["model_versions"] == {
+        "personas": 1,
+        "purchase_propensity": 2,
+        "churn_risk": 3,
+        "customer_value": 5,
+    }
+    with connect(staged, read_only=True) as con:
+        assert con.execute("SELECT * FROM published.not_applicable_models").fetchall() == [
+            (AS_OF, "engagement_propensity", NO_CLICKS, dt.date(2026, 6, 30))
+        ]
+    # A filter on the missing score matches nobody; the other audiences are as before.
+    counts = {
+        name: (entry["treatment"], entry["holdout"])
+        for name, entry in manifest["audiences"].items()
+    }
+    assert counts["clickers"] == counts["not_low"] == (0, 0)
+    assert counts["everyone"][0] > 1000
+    export = pd.read_csv(Path(result["exports_dir"]) / "everyone.csv", dtype=str)
+    assert (
+        export["engagement_propensity"].isna().all() and export["purchase_propensity"].notna().all()
+    )
+
+
+def test_scores_without_a_model_version_are_published_only_for_a_model_not_applicable(
+    staged: Settings,
+):
+    stage(staged, without_engagement(scored_frame(seed=1)))
+    with pytest.raises(
+        ml.publish.PublishError, match="hold 0 versions in engagement_propensity_model_version"
+    ):
+        publish_segments(staged, AS_OF, run_id="run-1", gate_passed=True)

@@ -66,6 +66,31 @@ def test_a_logged_model_loads_back_by_alias_with_its_features_and_names(settings
     assert "personas" not in registry.missing_champions(settings)
 
 
+@pytest.mark.slow  # creating an MLflow store takes a while
+def test_a_kind_marked_not_applicable_waits_for_a_training_whose_new_version_clears_it(
+    settings: Settings,
+):
+    import mlflow
+
+    kind, reason = "engagement_propensity", "0 of 902 customers clicked an e-mail"
+    registry.mark_not_applicable(settings, kind, reason, "2026-06-30")
+    assert registry.not_applicable_models(settings) == {
+        kind: registry.NotApplicable(kind, reason, "2026-06-30")
+    }
+    # The cold start trains the others only; scoring leaves its columns null.
+    assert kind not in registry.missing_champions(settings)
+
+    _, frame = tiny_personas()
+    clicks = Pipeline([("scale", StandardScaler()), ("classifier", LogisticRegression())]).fit(
+        frame, frame["frequency"] > 3
+    )
+    with mlflow.start_run(experiment_id=registry.experiment_id(settings)):
+        registry.log_model(kind, clicks, list(frame.columns), frame.head(2), {"note": "test"})
+
+    assert registry.not_applicable_models(settings) == {}
+    assert kind in registry.missing_champions(settings)  # applicable again, to be promoted
+
+
 def test_no_champion_names_the_model_and_what_to_run(settings: Settings):
     assert registry.missing_champions(settings) == list(registry.MODEL_KINDS)
     # Asking must not create the embedded store as a side effect.

@@ -216,3 +216,42 @@ def test_publishing_twice_gives_identical_rows_and_exports(scored: Settings):
 def test_no_champion_means_train_first(settings: Settings):
     with pytest.raises(NoChampion, match="segflow_personas has no champion.*train"):
         score_customers(settings, AS_OF)
+
+
+def test_a_model_not_applicable_scores_nobody_and_the_rest_is_published(
+    trained_settings: Settings, tmp_path: Path
+):
+    """Engagement marked not applicable (no e-mail events): its columns are null, the other
+    models score as usual, and the publication, its report and summary say why."""
+    from ml.registry import mark_not_applicable
+
+    shutil.copy(trained_settings.warehouse_path, tmp_path / "warehouse.duckdb")
+    shutil.copy(trained_settings.mlflow_dir / "mlflow.db", tmp_path / "mlflow.db")
+    settings = load_settings(
+        {
+            "SEGFLOW_DATA_DIR": str(tmp_path),
+            "SEGFLOW_LANDING_DIR": str(trained_settings.landing_dir),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        }
+    )
+    reason = "0 of 902 customers clicked an e-mail in the 30 days after 2026-05-31"
+    mark_not_applicable(settings, "engagement_propensity", reason, AS_OF.isoformat())
+
+    score_customers(settings, AS_OF)
+
+    rows = staged(settings)
+    empty = ["engagement_propensity", "engagement_propensity_band"]
+    assert rows[[*empty, "engagement_propensity_model_version"]].isna().all().all()
+    assert rows[["purchase_propensity", "predicted_clv", "segment"]].notna().all().all()
+    assert rows.purchase_propensity_model_version.notna().all()
+    with connect(settings, read_only=True) as con:
+        assert con.execute(
+            "SELECT model_kind, reason, training_as_of FROM staging.not_applicable_models"
+        ).fetchall() == [("engagement_propensity", reason, AS_OF)]
+
+    published = publish_segments(settings, AS_OF, run_id="minimal", gate_passed=True)
+    assert published["not_applicable"] == {"engagement_propensity": reason}
+    assert "Not applicable" in write_segment_report(settings, AS_OF).read_text()
+    summary = segments_summary(settings)
+    assert "not applicable: engagement_propensity" in summary
+    assert " nan" not in summary

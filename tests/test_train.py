@@ -3,6 +3,7 @@ what the MLflow runs hold, and the pieces (folds, balancing, persona names) on t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -13,7 +14,8 @@ import pytest
 
 from ml import registry
 from ml.config import Settings
-from ml.personas import PERSONA_CATALOGUE, fit_personas, name_personas
+from ml.evaluate import MIN_OUTCOME_ROWS, not_applicable_reason
+from ml.personas import PERSONA_CATALOGUE, PERSONA_FEATURES, fit_personas, name_personas
 from ml.train import balanced_rows, time_splits
 from ml.training_sets import load_training_set, training_set_dir
 from tests.conftest import TRAINED_AS_OF
@@ -77,6 +79,91 @@ def test_persona_names_follow_the_profile_and_are_never_shared():
     # Labels are arbitrary: shuffling them moves the names with the profiles.
     shuffled = name_personas(profile.rename(index={0: 2, 2: 0}))
     assert shuffled[2] == "Loyal high spenders" and shuffled[0] == "New customers"
+
+
+def test_personas_fit_when_every_customer_has_ordered():
+    """Without a customer lacking an order, recency arrives as integers, not floats with NaN."""
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({column: rng.integers(1, 60, 400) for column in PERSONA_FEATURES})
+    frame["spend_trend"] = rng.normal(0, 1, 400)
+    frame["email_open_rate_90d"] = frame["email_click_rate_90d"] = np.nan  # no e-mail events
+    assert frame["recency_days"].dtype == np.int64
+
+    fitted = fit_personas(frame, min_share=0.05, max_count=4)
+
+    assert set(fitted.names.values()) <= set(PERSONA_CATALOGUE)
+    assert len(set(fitted.model.predict(frame[PERSONA_FEATURES]))) >= 3
+
+
+def snapshots(outcomes: dict[str, tuple[int, int]], target: str) -> pd.DataFrame:
+    """Training-set rows: per snapshot, (customers with the outcome, customers without)."""
+    parts = [
+        pd.DataFrame({"snapshot_date": snapshot, target: [1] * yes + [0] * no, "was_active": True})
+        for snapshot, (yes, no) in outcomes.items()
+    ]
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_a_model_applies_only_with_enough_customers_of_each_outcome_in_every_snapshot():
+    enough = {"2026-04-01": (40, 500), "2026-05-01": (35, 480), "2026-05-31": (50, 470)}
+    assert not_applicable_reason("purchase_propensity", snapshots(enough, "purchased"), 30) is None
+    assert not_applicable_reason("personas", snapshots(enough, "purchased"), 30) is None
+
+    # No e-mail events: nobody clicks, in any snapshot.
+    no_clicks = snapshots({d: (0, yes + no) for d, (yes, no) in enough.items()}, "clicked_email")
+    assert not_applicable_reason("engagement_propensity", no_clicks, 30) == (
+        "0 of 540 customers clicked an e-mail in the 30 days after 2026-04-01; every snapshot "
+        f"needs at least {MIN_OUTCOME_ROWS} who clicked an e-mail and {MIN_OUTCOME_ROWS} who "
+        "clicked none"
+    )
+    # One snapshot short of either outcome is enough to refuse, and is named.
+    short = {**enough, "2026-05-01": (MIN_OUTCOME_ROWS - 1, 480)}
+    reason = not_applicable_reason("churn_risk", snapshots(short, "churned"), 30)
+    assert reason.startswith(f"{MIN_OUTCOME_ROWS - 1} of 509 active customers stopped buying")
+    assert "after 2026-05-01" in reason
+    everyone_bought = {**enough, "2026-05-31": (520, 0)}
+    reason = not_applicable_reason(
+        "purchase_propensity", snapshots(everyone_bought, "purchased"), 30
+    )
+    assert reason.startswith("0 of 520 customers did not buy in the 30 days after 2026-05-31")
+
+
+@pytest.mark.slow
+def test_a_model_without_positive_examples_is_not_applicable_and_registers_nothing(
+    trained_settings: Settings, tmp_path
+):
+    """No e-mail events, so no click: the engagement model is marked not applicable with the
+    reason instead of crashing in its hyper-parameter search, no version is registered, and a
+    cold start does not train it again (the next scheduled training judges it anew)."""
+    import shutil
+
+    from ml.train import train_and_register, training_summary
+
+    directory = tmp_path / "training"
+    shutil.copytree(training_set_dir(trained_settings, TRAINED_AS_OF), directory)
+    for path in directory.glob("????-??-??.parquet"):
+        pd.read_parquet(path).assign(clicked_email=0).to_parquet(path)
+    shutil.copy(trained_settings.mlflow_dir / "mlflow.db", tmp_path / "mlflow.db")
+    settings = dataclasses.replace(
+        trained_settings, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"
+    )
+    client = registry.mlflow_client(settings)
+    name = registry.registered_name("engagement_propensity")
+    client.delete_registered_model_alias(name, registry.CHAMPION)
+    assert registry.missing_champions(settings) == ["engagement_propensity"]
+
+    trained = train_and_register(settings, "engagement_propensity", directory)
+
+    assert trained["version"] is None
+    assert trained["not_applicable"].startswith("0 of ")
+    assert "clicked an e-mail" in trained["not_applicable"]
+    assert [int(v.version) for v in client.search_model_versions(f"name='{name}'")] == [1]
+    (marked,) = registry.not_applicable_models(settings).values()
+    assert (marked.kind, marked.as_of) == ("engagement_propensity", TRAINED_AS_OF.isoformat())
+    assert registry.missing_champions(settings) == []  # the cold start leaves it alone
+    summary = training_summary(settings)
+    assert f"{name:<34} not applicable as of {TRAINED_AS_OF}" in summary
+    assert trained["not_applicable"] in summary
 
 
 def features_from_warehouse(settings: Settings) -> pd.DataFrame:
@@ -232,9 +319,24 @@ def test_a_cold_start_trains_only_when_a_champion_is_missing(settings: Settings,
 
     trained = []
     monkeypatch.setattr(ml.train.registry, "missing_champions", lambda _: [])
-    monkeypatch.setattr(ml.train, "train_all", lambda _, as_of: trained.append(as_of))
+    monkeypatch.setattr(ml.train, "train_all", lambda _, as_of, kinds: trained.append(as_of))
     assert ml.train.ensure_champions(settings, TRAINED_AS_OF) == []
     assert trained == []
+
+
+def test_a_cold_start_trains_only_the_kinds_without_champion(settings: Settings, monkeypatch):
+    """A retry after a failure trains what is still missing: the models that made it get no
+    new version on every try."""
+    import ml.train
+
+    missing = [["engagement_propensity"], []]
+    trained = []
+    monkeypatch.setattr(ml.train.registry, "missing_champions", lambda _: missing.pop(0))
+    monkeypatch.setattr(
+        ml.train, "train_all", lambda _, as_of, kinds: trained.append((as_of, list(kinds)))
+    )
+    assert ml.train.ensure_champions(settings, TRAINED_AS_OF) == ["engagement_propensity"]
+    assert trained == [(TRAINED_AS_OF, ["engagement_propensity"])]
 
 
 def test_a_cold_start_whose_model_misses_its_baseline_stops_with_the_reason(
@@ -245,7 +347,7 @@ def test_a_cold_start_whose_model_misses_its_baseline_stops_with_the_reason(
     reason = "roc_auc 0.5000 does not beat the baseline (0.6471)"
     trained = []
 
-    def train_all(_, as_of):
+    def train_all(_, as_of, kinds):
         trained.append(as_of)
         return {"models": {"churn_risk": {"promotion": {"reason": reason}}}}
 

@@ -48,6 +48,27 @@ def test_dags_set_tags_retries_and_one_active_run(dag_bag: DagBag):
                 assert task.retries >= 1, f"{dag.dag_id}.{task.task_id} has no retries"
 
 
+def test_any_shop_date_runs_and_the_scheduler_starts_from_the_latest_interval(dag_bag: DagBag):
+    """Airflow runs no task for a logical date before a DAG's start date (and `airflow dags
+    test` still reports success), so every DAG starts long before any shop's history; without
+    catch-up the scheduler's first run is the latest interval, not one per day since."""
+    import datetime as dt
+
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from ml.orchestration import DAG_START_DATE
+
+    assert DAG_START_DATE.date() <= dt.date(2000, 1, 1)
+    week_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=7, hours=1)
+    for dag in dag_bag.dags.values():
+        assert dag.start_date == DAG_START_DATE, dag.dag_id
+        assert {task.start_date for task in dag.tasks} == {DAG_START_DATE}, dag.dag_id
+        scheduled = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+        first = scheduled.next_dagrun_info(last_automated_run_info=None)
+        # refresh_triggers runs on assets only: no time-based run at all.
+        assert first is None or first.run_after >= week_ago, (dag.dag_id, first)
+
+
 def test_warehouse_writers_share_the_single_slot_pool(dag_bag: DagBag):
     dag = dag_bag.dags["segment_pipeline"]
     ingest = dag.get_task("ingest")
@@ -87,6 +108,7 @@ def test_publishing_follows_scoring_and_its_gate(dag_bag: DagBag):
         "published.customer_segments",
         "published.audience_members",
         "published.audience_definitions",
+        "published.not_applicable_models",
         "published.publications",
         "audience_exports",
     }
@@ -186,7 +208,7 @@ def test_every_dbt_model_is_a_task_and_one_task_tests_them_all(dag_bag: DagBag, 
             == "{{ params.as_of_date or (logical_date or data_interval_start) | ds }}"
         )
     assert dag.get_task("score_review_texts").downstream_task_ids >= {
-        "features.stg_shop__customers_run"
+        "features.stg_shop__customer_versions_run"
     }
     # Gates sit between ingest and dbt, and after dbt's tests.
     assert dag.get_task("raw_gate").upstream_task_ids == {"ingest"}
@@ -225,6 +247,32 @@ def test_a_cold_start_without_a_passing_model_fails_without_retrying(
     task = dag_bag.dags["segment_pipeline"].get_task("ensure_champions")
     with pytest.raises(AirflowFailException, match="no champion after training"):
         task.python_callable(params={"as_of_date": "2026-06-30"})
+
+
+def test_training_fails_at_once_on_settings_or_data_a_retry_cannot_fix(
+    dag_bag: DagBag, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    """Bad settings and a training set that cannot be read fail for good (no retries, no more
+    versions registered on each try); a model the data cannot support is no failure."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    dag = dag_bag.dags["train_models"]
+    monkeypatch.setenv("SEGFLOW_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("SEGFLOW_SNAPSHOT_SPACING_DAYS", "10")  # shorter than the label horizon
+    with pytest.raises(AirflowFailException, match="SEGFLOW_SNAPSHOT_SPACING_DAYS=10"):
+        dag.get_task("build_training_set").python_callable(
+            params={"as_of_date": "2026-06-30"}, triggering_asset_events={}
+        )
+    with pytest.raises(AirflowFailException, match="holds no training set"):
+        dag.get_task("train_model").python_callable(
+            kind="churn_risk", training_set_dir=str(tmp_path / "missing")
+        )
+    not_applicable = {"kind": "engagement_propensity", "version": None, "not_applicable": "no"}
+    assert dag.get_task("promote").python_callable(trained=not_applicable) == {
+        "kind": "engagement_propensity",
+        "status": "not_applicable",
+        "reason": "no",
+    }
 
 
 def test_refresh_triggers_runs_on_landing_files_through_the_gates_before_the_pool_queue(
