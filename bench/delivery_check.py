@@ -1,7 +1,7 @@
 """Data as shops export it, through Airflow, day after day: every run green, nothing lost.
 Writes docs/delivery-check.md.
 
-    python bench/delivery_check.py [--customers 2000] [--history-days 180] [--run-days 60]
+    python bench/delivery_check.py [--customers 5000] [--history-days 240] [--run-days 60]
                                    [--work DIR]
 
 A shop is generated with `segflow generate --as-exported` (full customer snapshots with
@@ -39,7 +39,6 @@ def environment(work: Path) -> dict[str, str]:
         "SEGFLOW_DATA_DIR": str(work / "data"),
         "SEGFLOW_LANDING_DIR": str(work / "landing"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'data' / 'mlflow' / 'mlflow.db'}",
-        "SEGFLOW_TRAINING_SNAPSHOTS": "2",
         "AIRFLOW_HOME": str(work / "airflow"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{work / 'airflow' / 'airflow.db'}",
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
@@ -107,8 +106,9 @@ def warehouse_counts(env: dict[str, str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--customers", type=int, default=2000)
-    parser.add_argument("--history-days", type=int, default=180)
+    # Enough customers and history before the first run for the models to beat their baselines.
+    parser.add_argument("--customers", type=int, default=5000)
+    parser.add_argument("--history-days", type=int, default=240)
     parser.add_argument("--run-days", type=int, default=60)
     parser.add_argument("--work", type=Path, help="keep the shop here (default: a temp dir)")
     args = parser.parse_args()

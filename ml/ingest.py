@@ -707,7 +707,7 @@ def _write_checked(
                v.action, _record, {at}
         FROM (SELECT _source_file, _source_row, {_record_of(schema, False)} AS _record,
                      unnest(_violations) AS v
-              FROM checked WHERE len(_violations) > 0 AND NOT {HELD})
+              FROM checked WHERE len(_violations) > 0 AND NOT {HELD} AND NOT _unchanged)
         WHERE v.action <> 'held'
         ORDER BY _source_file, _source_row, v.column_name"""
     )

@@ -353,3 +353,16 @@ def test_a_file_still_being_written_is_left_for_the_next_run(
         ("o4",),
     ]
     counts_add_up(settings)
+
+
+def test_a_snapshot_repeating_a_bad_value_reports_it_once(settings: Settings):
+    landing = settings.landing_dir
+    customers = [dict(CUSTOMERS[0], country="Germany"), CUSTOMERS[1]]
+    write_csv(landing, "orders/o.csv", ORDERS)
+    for day in ("2026-06-01", "2026-06-02", "2026-06-03"):
+        write_csv(landing, f"customers/date={day}/snapshot.csv", customers)
+        ingest(settings)
+    assert [(v[1], v[3], v[6]) for v in violations(settings)] == [
+        ("customers/date=2026-06-01/snapshot.csv", "country", "nulled")
+    ]
+    assert query(settings, "SELECT count(*) FROM raw.customer_versions") == [(2,)]
