@@ -18,33 +18,19 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from run import bench_env  # the benchmark's: everything in the work folder
+
 PROJECT = Path(__file__).resolve().parent.parent
 REPORT = PROJECT / "docs" / "delivery-check.md"
 BIN = Path(sys.executable).parent
 END = dt.date(2026, 10, 31)
 SEED = 5
-
-
-def environment(work: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "SEGFLOW_DATA_DIR": str(work / "data"),
-        "SEGFLOW_LANDING_DIR": str(work / "landing"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'data' / 'mlflow' / 'mlflow.db'}",
-        "AIRFLOW_HOME": str(work / "airflow"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{work / 'airflow' / 'airflow.db'}",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-    }
 
 
 def airflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -116,7 +102,7 @@ def main() -> None:
     from ml.deliveries import generate_as_exported
 
     work = args.work or Path(tempfile.mkdtemp(prefix="segflow-delivery-check-"))
-    env = environment(work)
+    env = bench_env(work)
     started = time.perf_counter()
     delivered = generate_as_exported(
         work / "landing", args.customers, args.history_days, END, seed=SEED, progress=False
