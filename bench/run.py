@@ -69,6 +69,7 @@ ALL_STAGES = (
     "daily_run",
     "trigger_refresh",
     "customer_snapshot",
+    "exported_ingest",
 )
 SNAPSHOT_CHANGE_SHARE = 0.001
 """customer_snapshot: the share of customers whose row differs from their last version."""
@@ -385,6 +386,41 @@ def customer_snapshot(env: dict[str, str]) -> dict:
     }
 
 
+def exported_ingest(customers: int, days: int, work: Path) -> dict:
+    """The same shop generated as shops export it (`generate --as-exported`: customer snapshots
+    every 7 days, gzip CSV, JSON lines, TSV, integer ids, refunds, late and early rows) and
+    loaded in one `segflow ingest`, in a folder of its own."""
+    env = bench_env(work / "exported")
+    landing = work / "exported" / "landing"
+    generate = measure(
+        [
+            SEGFLOW,
+            "generate",
+            "--as-exported",
+            "--customers",
+            str(customers),
+            "--days",
+            str(days),
+            "--end-date",
+            END_DATE.isoformat(),
+            "--seed",
+            "7",
+            "--out",
+            str(landing),
+            "--quiet",
+        ],
+        env,
+    )
+    ingest = measure([SEGFLOW, "ingest", "--as-of", END_DATE.isoformat()], env, keep_output=True)
+    size = sum(path.stat().st_size for path in landing.rglob("*") if path.is_file())
+    return {
+        "generate": generate,
+        "ingest": {k: ingest[k] for k in ("seconds", "peak_mib")},
+        "landing_gib": round(size / 2**30, 2),
+        "summary": [line for line in ingest["output"].splitlines() if "files new" in line],
+    }
+
+
 def run(customers: int, days: int, stages: list[str], work: Path, results: dict) -> None:
     """Run the chosen stages into `results`, stage by stage (a failure keeps what came before)."""
     env = bench_env(work)
@@ -408,7 +444,8 @@ def run(customers: int, days: int, stages: list[str], work: Path, results: dict)
             ],
             env,
         )
-    results["rows"] = landing_rows(work / "landing")
+    if (work / "landing").is_dir():
+        results["rows"] = landing_rows(work / "landing")
     for stage, command in HISTORY_STAGES.items():
         if stage not in stages:
             continue
@@ -425,6 +462,8 @@ def run(customers: int, days: int, stages: list[str], work: Path, results: dict)
         results["trigger_refresh"] = trigger_refresh(env, work)
     if "customer_snapshot" in stages:
         results["customer_snapshot"] = customer_snapshot(env)
+    if "exported_ingest" in stages:
+        results["exported_ingest"] = exported_ingest(customers, days, work)
 
 
 def targets(result: dict) -> list[tuple[str, str, str, bool | None]]:
@@ -551,6 +590,20 @@ def scale_section(result: dict) -> list[str]:
             f"loaded by `segflow ingest`: **{snapshot['seconds']:,.1f} s, peak "
             f"{snapshot['peak_mib']:,} MiB**; {snapshot['new_versions']:,} new versions, "
             f"{snapshot['unchanged']:,} rows unchanged.",
+            "",
+        ]
+    exported = result.get("exported_ingest")
+    if exported:
+        lines += [
+            f"The same shop as shops export it (`segflow generate --as-exported`, "
+            f"{exported['landing_gib']:,} GiB of landing files): generated in "
+            f"{exported['generate']['seconds']:,.1f} s, loaded by one `segflow ingest` in "
+            f"**{exported['ingest']['seconds']:,.1f} s, peak {exported['ingest']['peak_mib']:,} "
+            "MiB**:",
+            "",
+            "```",
+            *[re.sub(r"^.*\] +", "", line).strip() for line in exported["summary"]],
+            "```",
             "",
         ]
     comparisons = result.get("comparisons", {})
@@ -726,7 +779,7 @@ def save(customers: int, days: int, result: dict) -> None:
     for part in ("stages", "comparisons"):
         result[part] = {**earlier.get(part, {}), **result[part]}
     result["rows"] = result.get("rows") or earlier.get("rows", {})
-    for part in ("daily_run", "trigger_refresh", "customer_snapshot"):
+    for part in ("daily_run", "trigger_refresh", "customer_snapshot", "exported_ingest"):
         if part not in result and part in earlier:
             result[part] = earlier[part]
     all_results[key] = result
