@@ -800,7 +800,7 @@ def ingest_landing(
                     entity_report.files_still_changing += 1
                     continue
                 except BadFile as bad:
-                    _set_aside(con, entity.name, bad, file_sha(file), loaded_at, report)
+                    _set_aside(con, entity.name, bad, _bad_file_sha(file), loaded_at, report)
                     continue
                 plan[entity.name].append(
                     _PlannedFile(file, source, sha, fingerprint, known is not None)
@@ -820,7 +820,7 @@ def ingest_landing(
     return report
 
 
-def file_sha(file: LandingFile) -> str | None:
+def _bad_file_sha(file: LandingFile) -> str | None:
     """The checksum of a bad file, to know it again; None when it cannot even be read."""
     try:
         return checksum(file, "latin-1")[0]
