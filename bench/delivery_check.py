@@ -181,8 +181,10 @@ def render(args, delivered, runs, counts: dict, minutes: float) -> list[str]:
         "same consent, `true` as `yes`, are unchanged).",
         f"- Order versions: {counts['order_versions']:,} (the refunds are second versions).",
         f"- Early rows ({sum(e.early for e in delivered.entities.values()):,}, of them "
-        f"{delivered.early_unsubscribes:,} unsubscribes delivered before their customer) were "
-        f"held and loaded when the customer arrived; rows still held at the end: "
+        f"{delivered.early_unsubscribes:,} unsubscribes delivered before their customer) wait "
+        "in quarantine.held_rows for their customer's snapshot and load with it (those in the "
+        "history the first run loads arrive together with their customers); rows still held "
+        f"at the end: "
         f"{counts['held_now']:,}. Bad files: {counts['bad_files']}.",
         f"- Dates published: {counts['published_dates']}. Customers e-mailable in the newest "
         f"publication although an unsubscribe of theirs was delivered: "
