@@ -297,6 +297,8 @@ class _Source:
     select: str
     """A query over the file whose columns are the file's, by their names in the file."""
     schema: _FileSchema
+    path: Path
+    """What DuckDB reads: the file, or a plain-named link to it (ml.landing.readable_path)."""
 
 
 def _source(
@@ -306,8 +308,9 @@ def _source(
     settings: Settings,
     staging: Path,
 ) -> _Source:
-    """Check a file's columns, and read it through once (a ragged row or a broken page shows
-    only then), before anything is written; raises BadFile."""
+    """Check a file's columns, and read a text file through once (a ragged row shows only
+    then), before anything is written; raises BadFile. A Parquet file's broken page shows when
+    its batch is read, and then sets aside only that file (_load_entity)."""
     path = readable_path(file, staging)
     try:
         if file.format == "csv":
@@ -333,7 +336,8 @@ def _source(
             _check_names(file, entity, pq.read_schema(path).names)
             select = f"SELECT * FROM {_reader(file, path, settings)}"
             described = con.execute(f"DESCRIBE {select}").fetchall()
-        con.execute(f"SELECT count(*) FROM ({select})").fetchone()
+        if file.format != "parquet":
+            con.execute(f"SELECT count(*) FROM ({select})").fetchone()
     except (duckdb.Error, pa.ArrowException, OSError) as error:
         raise _parse_error(file, error) from None
     by_normalized = {spelling(name): (name, type_) for name, type_, *_ in described}
@@ -347,7 +351,7 @@ def _source(
     extras = tuple(
         original for norm, (original, _) in by_normalized.items() if norm not in source_names
     )
-    return _Source(select, _FileSchema(source_names, source_types, extras))
+    return _Source(select, _FileSchema(source_names, source_types, extras), path)
 
 
 def _contract_columns(schema: _FileSchema) -> str:
@@ -366,6 +370,33 @@ def _contract_columns(schema: _FileSchema) -> str:
 def _stage_files(con: duckdb.DuckDBPyConnection, items: list[_PlannedFile]) -> None:
     """The files of one schema as the temporary view `batch`, contract columns by name."""
     columns = _contract_columns(items[0].source.schema)
+    if items[0].file.format == "parquet":
+        # One scan for all files (much faster than one per file); the reader numbers rows
+        # within each file, and the files' names and partitions come from a small table.
+        files = pa.Table.from_pylist(  # noqa: F841  (read by name in SQL)
+            [
+                {
+                    "path": str(i.source.path),
+                    "relative": i.file.relative,
+                    "partition_date": i.file.partition_date,
+                }
+                for i in items
+            ],
+            schema=pa.schema(
+                [("path", pa.string()), ("relative", pa.string()), ("partition_date", pa.date32())]
+            ),
+        )
+        con.execute("CREATE OR REPLACE TEMP TABLE batch_files AS SELECT * FROM files")
+        paths = ", ".join(_literal(str(i.source.path)) for i in items)
+        con.execute(
+            f"""CREATE OR REPLACE TEMP VIEW batch AS
+            SELECT {columns}, f.relative AS _source_file, file_row_number + 1 AS _source_row,
+                   f.partition_date AS _partition_date, NULL::TIMESTAMP AS _held_since
+            FROM read_parquet([{paths}], filename = true, file_row_number = true,
+                              hive_partitioning = false) r
+            JOIN batch_files f ON f.path = r.filename"""
+        )
+        return
     selects = [
         # A window over one plain scan keeps file order: row 1 is the first data row.
         f"SELECT {columns}, {_literal(i.file.relative)} AS _source_file, "
@@ -526,9 +557,11 @@ def _check_batch(
     schema: _FileSchema,
     loaded_at: dt.datetime,
     settings: Settings,
+    retried: bool = False,
 ) -> None:
     """Turn `batch` into `checked`: the values as delivered (`s_`), typed (`t_`) and as they
-    are kept (`v_`, after nulling), a list of violations per row, and `_unchanged`."""
+    are kept (`v_`, after nulling), a list of violations per row, and `_unchanged`. Held rows
+    tried again (`retried`) that waited too long become rejections."""
     selects, conditions, violations, kept = [], [], [], []
     for column in entity.columns:
         source_type = schema.source_types.get(column.name)
@@ -565,7 +598,8 @@ def _check_batch(
                      _held_since FROM batch)"""
     )
     _check_keys_and_references(con, entity)
-    _expire_held_rows(con, loaded_at, settings.loading.hold_days)
+    if retried:
+        _expire_held_rows(con, loaded_at, settings.loading.hold_days)
 
 
 def _values_hash(entity: Entity, prefix: str = "") -> str:
@@ -1017,7 +1051,7 @@ def _retry_held_rows(
     con.execute("BEGIN TRANSACTION")
     try:
         schema = _stage_held_rows(con, entity)
-        _check_batch(con, entity, schema, loaded_at, settings)
+        _check_batch(con, entity, schema, loaded_at, settings, retried=True)
         con.execute("DELETE FROM quarantine.held_rows WHERE entity = ?", [entity.name])
         counts = _write_checked(con, entity, schema, loaded_at)
         for source_file, (_, loaded, unchanged, _, rejected, nulled) in counts.items():
