@@ -34,6 +34,12 @@ SUPPRESSING_EVENTS = {
     "bounce": "hard_bounce",
 }
 """E-mail event types that suppress for good, and their reason."""
+SUPPRESSING_EVENTS_SQL = ", ".join(f"'{event}'" for event in SUPPRESSING_EVENTS)
+REASON_OF_EVENT_SQL = (
+    "CASE event_type "
+    + " ".join(f"WHEN '{event}' THEN '{reason}'" for event, reason in SUPPRESSING_EVENTS.items())
+    + " END"
+)
 VALID_ADDRESS_PATTERN = r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}"
 """What counts as an address: the dbt macro `duckdb__is_valid_email` uses the same pattern for
 the features (a test keeps the two equal)."""
@@ -44,10 +50,6 @@ def create_current_suppressions(
 ) -> int:
     """The temp table `current_suppressions` (customer_id, reason, occurred_at: when the event
     happened, null for opt-in and address), one row per suppressed customer. Returns its rows."""
-    events = ", ".join(f"'{event}'" for event in SUPPRESSING_EVENTS)
-    reason_of_event = " ".join(
-        f"WHEN '{event}' THEN '{reason}'" for event, reason in SUPPRESSING_EVENTS.items()
-    )
     opted_in = f"coalesce(email_opt_in, {str(empty_opt_in_emailable).lower()})"
     precedence = " ".join(
         f"WHEN '{reason}' THEN {rank}" for rank, reason in enumerate(SUPPRESSION_REASONS)
@@ -55,9 +57,9 @@ def create_current_suppressions(
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE current_suppressions AS
         WITH reasons AS (
-            SELECT customer_id, CASE event_type {reason_of_event} END AS reason,
+            SELECT customer_id, {REASON_OF_EVENT_SQL} AS reason,
                    min(occurred_at) AS occurred_at
-            FROM raw.email_events WHERE event_type IN ({events}) GROUP BY ALL
+            FROM raw.email_events WHERE event_type IN ({SUPPRESSING_EVENTS_SQL}) GROUP BY ALL
             UNION ALL
             SELECT customer_id,
                    CASE WHEN NOT {opted_in} THEN 'no_opt_in' ELSE 'invalid_address' END,
@@ -99,10 +101,6 @@ def create_consent_log(con: duckdb.DuckDBPyConnection) -> None:
     every consent signal as one log. A customer's first opt-in state and each change of it in
     their versions, dated when the version took effect (the first since always: null), and
     every unsubscribe, complaint and hard bounce."""
-    events = ", ".join(f"'{event}'" for event in SUPPRESSING_EVENTS)
-    reason_of_event = " ".join(
-        f"WHEN '{event}' THEN '{reason}'" for event, reason in SUPPRESSING_EVENTS.items()
-    )
     con.execute(
         f"""CREATE OR REPLACE VIEW raw.consent_log AS
         SELECT customer_id, CASE WHEN version_number > 1 THEN _version_at END AS changed_at,
@@ -115,7 +113,7 @@ def create_consent_log(con: duckdb.DuckDBPyConnection) -> None:
               WINDOW delivery AS (PARTITION BY customer_id ORDER BY {VERSION_ORDER}))
         WHERE version_number = 1 OR previous IS DISTINCT FROM email_opt_in
         UNION ALL
-        SELECT customer_id, occurred_at, CASE event_type {reason_of_event} END,
+        SELECT customer_id, occurred_at, {REASON_OF_EVENT_SQL},
                _source_file, _source_row
-        FROM raw.email_events WHERE event_type IN ({events})"""
+        FROM raw.email_events WHERE event_type IN ({SUPPRESSING_EVENTS_SQL})"""
     )

@@ -366,3 +366,20 @@ def test_a_snapshot_repeating_a_bad_value_reports_it_once(settings: Settings):
         ("customers/date=2026-06-01/snapshot.csv", "country", "nulled")
     ]
     assert query(settings, "SELECT count(*) FROM raw.customer_versions") == [(2,)]
+
+
+def test_consent_is_a_log_of_every_signal(settings: Settings):
+    landing = settings.landing_dir
+    write_csv(landing, "customers/date=2026-06-01/s.csv", [dict(CUSTOMERS[0], email_opt_in="yes")])
+    write_csv(landing, "orders/o.csv", ORDERS[:1])
+    ingest(settings)
+    write_csv(landing, "customers/date=2026-06-02/s.csv", [dict(CUSTOMERS[0], email_opt_in="no")])
+    write_csv(landing, "email_events/e.csv", [dict(UNSUBSCRIBE, customer_id="c1")])
+    ingest(settings)
+    assert query(
+        settings, "SELECT changed_at, signal FROM raw.consent_log ORDER BY changed_at NULLS FIRST"
+    ) == [
+        (None, "opted_in"),  # the first version: since always
+        (dt.datetime(2026, 6, 1, 10, 0), "unsubscribed"),
+        (dt.datetime(2026, 6, 2), "opted_out"),
+    ]
