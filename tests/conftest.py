@@ -150,3 +150,17 @@ def trained_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     build_features(settings, TRAINED_AS_OF)
     train_all(settings, TRAINED_AS_OF)
     return settings
+
+
+def copy_of_trained(trained: Settings, root: Path) -> Settings:
+    """The trained warehouse and MLflow store copied into `root`, so that a test may change
+    them; the landing files stay shared (read only)."""
+    shutil.copy(trained.warehouse_path, root / "warehouse.duckdb")
+    shutil.copy(trained.mlflow_dir / "mlflow.db", root / "mlflow.db")
+    return load_settings(
+        {
+            "SEGFLOW_DATA_DIR": str(root),
+            "SEGFLOW_LANDING_DIR": str(trained.landing_dir),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        }
+    )

@@ -22,7 +22,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from ml.config import Settings, load_settings
-from tests.conftest import TRAINED_AS_OF
+from tests.conftest import TRAINED_AS_OF, copy_of_trained
 
 pytestmark = pytest.mark.slow
 
@@ -181,15 +181,7 @@ def test_a_model_not_applicable_is_noted_and_the_others_are_monitored(
     from ml.registry import mark_not_applicable
     from ml.score import score_customers
 
-    shutil.copy(trained_settings.warehouse_path, tmp_path / "warehouse.duckdb")
-    shutil.copy(trained_settings.mlflow_dir / "mlflow.db", tmp_path / "mlflow.db")
-    settings = load_settings(
-        {
-            "SEGFLOW_DATA_DIR": str(tmp_path),
-            "SEGFLOW_LANDING_DIR": str(trained_settings.landing_dir),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        }
-    )
+    settings = copy_of_trained(trained_settings, tmp_path)
     mark_not_applicable(settings, "engagement_propensity", "no clicks", TRAINED_AS_OF.isoformat())
     for date in (SCORED, TRAINED_AS_OF):
         score_customers(settings, date)

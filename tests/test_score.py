@@ -23,7 +23,7 @@ from ml.registry import (
 from ml.score import _model_input, _prepare, score_customers
 from ml.segment_report import EXPERIMENT, segments_summary, write_segment_report
 from ml.warehouse import connect
-from tests.conftest import TRAINED_AS_OF
+from tests.conftest import TRAINED_AS_OF, copy_of_trained
 
 pytestmark = pytest.mark.slow
 AS_OF = TRAINED_AS_OF
@@ -225,15 +225,7 @@ def test_a_model_not_applicable_scores_nobody_and_the_rest_is_published(
     models score as usual, and the publication, its report and summary say why."""
     from ml.registry import mark_not_applicable
 
-    shutil.copy(trained_settings.warehouse_path, tmp_path / "warehouse.duckdb")
-    shutil.copy(trained_settings.mlflow_dir / "mlflow.db", tmp_path / "mlflow.db")
-    settings = load_settings(
-        {
-            "SEGFLOW_DATA_DIR": str(tmp_path),
-            "SEGFLOW_LANDING_DIR": str(trained_settings.landing_dir),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        }
-    )
+    settings = copy_of_trained(trained_settings, tmp_path)
     reason = "0 of 902 customers clicked an e-mail in the 30 days after 2026-05-31"
     mark_not_applicable(settings, "engagement_propensity", reason, AS_OF.isoformat())
 
