@@ -15,8 +15,9 @@ For each failure:
 3. a mail goes to SEGFLOW_ALERT_EMAILS, when set, through Airflow's [smtp] settings.
 
 The steps are independent and none raises: an alert that cannot be delivered is logged, and
-the task's failure stays what Airflow reports. E-mail addresses in an exception message (a
-gate's example values may be customers' addresses) are masked before anything is written.
+the task's failure stays what Airflow reports. Passwords and tokens in an exception message
+(ml/secret_masking.py) and e-mail addresses (a gate's example values may be customers'
+addresses) are masked before anything is written, posted or mailed.
 
 DAG files import this at parse time: heavy imports stay inside the functions.
 """
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.config import Settings, load_settings
+from ml.secret_masking import mask_secrets
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,8 @@ def failure_record(context: Mapping[str, Any]) -> dict[str, Any]:
     """The failure as one flat JSON-ready dict, from the callback's Airflow context."""
     ti = context["ti"]
     error = context.get("exception")
-    message = NO_EXCEPTION if error is None else mask_email_addresses(str(error))
+    # Secrets first (ml/secret_masking.py): a URI's password must not pass for an address.
+    message = NO_EXCEPTION if error is None else mask_email_addresses(mask_secrets(str(error)))
     if len(message) > MESSAGE_MAX_CHARS:
         message = message[:MESSAGE_MAX_CHARS] + " [cut: the whole message is in the log]"
     logical_date = context.get("logical_date")

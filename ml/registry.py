@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ml.config import Settings, without_password
+from ml.config import Settings
+from ml.secret_masking import mask_secrets
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -315,7 +316,7 @@ def load_champion(settings: Settings, kind: str) -> ChampionModel:
     """The model `models:/segflow_<kind>@champion`; NoChampion when there is none yet."""
     version = alias_version(settings, kind, CHAMPION)
     if version is None:
-        registry = without_password(settings.mlflow_tracking_uri)
+        registry = mask_secrets(settings.mlflow_tracking_uri)
         raise NoChampion(
             f"{registered_name(kind)} has no champion in {registry}: run "
             "train_models (segflow train --as-of YYYY-MM-DD, or the train_models DAG) first"

@@ -18,6 +18,8 @@ ENV_EXAMPLE = (PROJECT_DIR / ".env.example").read_text()
 LONG_RUNNING = sorted(name for name, service in SERVICES.items() if name != "airflow-init")
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|_KEY$|TOKEN")
 CONNECTION_NAME = re.compile(r"SQL_ALCHEMY_CONN|RESULT_BACKEND|BROKER_URL|STORE_URI")
+AIRFLOW_SERVICES = sorted(name for name in SERVICES if name.startswith("airflow-"))
+WORKERS = ("airflow-worker", "airflow-warehouse-worker")
 
 
 def environment(service: dict) -> dict[str, str]:
@@ -45,9 +47,12 @@ def test_the_stack_has_the_services_of_airflows_official_layout_and_an_mlflow_se
     airflow_env = COMPOSE["x-airflow-common-env"]
     assert airflow_env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert airflow_env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("FabAuthManager")
-    assert airflow_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
-    assert airflow_env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
     assert airflow_env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    scheduler = environment(SERVICES["airflow-scheduler"])
+    assert scheduler["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+    assert scheduler["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
+    for name in AIRFLOW_SERVICES:
+        assert environment(SERVICES[name]).items() >= airflow_env.items(), name
     assert environment(SERVICES["mlflow"])["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql")
 
 
@@ -151,9 +156,10 @@ def test_the_mlflow_server_serves_artifacts_behind_a_login_for_named_hosts():
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "/mlflow/artifacts"
     assert "mlflow-artifacts:/mlflow/artifacts" in mlflow["volumes"]
     assert "mlflow:5000" in env["SEGFLOW_MLFLOW_ALLOWED_HOSTS"].split(",")
-    airflow_env = COMPOSE["x-airflow-common-env"]
-    assert airflow_env["MLFLOW_TRACKING_USERNAME"].startswith("${MLFLOW_ADMIN_USERNAME:?")
-    assert airflow_env["MLFLOW_TRACKING_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
+    for name in WORKERS:
+        worker = environment(SERVICES[name])
+        assert worker["MLFLOW_TRACKING_USERNAME"].startswith("${MLFLOW_ADMIN_USERNAME:?")
+        assert worker["MLFLOW_TRACKING_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
 
 
 def test_every_library_telemetry_is_off_in_every_airflow_service():
@@ -181,3 +187,154 @@ def test_the_image_installs_the_lock_and_runs_as_a_user():
     assert "*" in ignored
     wanted = {line.removeprefix("!").rstrip("/") for line in ignored if line.startswith("!")}
     assert not wanted & {".env", "data", ".airflow", ".venv"}
+
+
+SECRET_VARIABLE = re.compile(r"PASSWORD|SECRET|_KEY$|TOKEN|WEBHOOK")
+"""The .env variables that hold a secret (a webhook URL often carries its token)."""
+SECRETS_OF_SERVICE = {
+    "postgres": {"POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD"},
+    "redis": {"REDIS_PASSWORD"},
+    "mlflow": {"MLFLOW_DB_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_SECRET_KEY"},
+    "airflow-init": {"AIRFLOW_DB_PASSWORD", "AIRFLOW_FERNET_KEY", "AIRFLOW_ADMIN_PASSWORD"},
+    "airflow-apiserver": {
+        "AIRFLOW_DB_PASSWORD",
+        "AIRFLOW_FERNET_KEY",
+        "AIRFLOW_JWT_SECRET",
+        "AIRFLOW_API_SECRET_KEY",
+    },
+    "airflow-scheduler": {
+        "AIRFLOW_DB_PASSWORD",
+        "AIRFLOW_FERNET_KEY",
+        "AIRFLOW_JWT_SECRET",
+        "REDIS_PASSWORD",
+    },
+    "airflow-dag-processor": {
+        "AIRFLOW_DB_PASSWORD",
+        "AIRFLOW_FERNET_KEY",
+        "SEGFLOW_ALERT_WEBHOOK_URL",
+    },
+    "airflow-triggerer": {"AIRFLOW_DB_PASSWORD", "AIRFLOW_FERNET_KEY", "AIRFLOW_API_SECRET_KEY"},
+    **{
+        worker: {
+            "AIRFLOW_DB_PASSWORD",  # in Celery's result backend only: no metadata database
+            "REDIS_PASSWORD",
+            "AIRFLOW_API_SECRET_KEY",
+            "MLFLOW_ADMIN_PASSWORD",
+            "SEGFLOW_ALERT_WEBHOOK_URL",
+        }
+        for worker in WORKERS
+    },
+}
+"""Which secret of .env reaches which service: those it uses, no other (README, Production
+stack, says why each needs its own)."""
+
+
+def secrets_given(service: dict) -> set[str]:
+    return {
+        variable
+        for value in environment(service).values()
+        for variable, _, _ in VARIABLE.findall(value)
+        if SECRET_VARIABLE.search(variable)
+    }
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_each_service_gets_only_the_secrets_it_uses(name: str):
+    assert secrets_given(SERVICES[name]) == SECRETS_OF_SERVICE[name]
+
+
+def test_only_the_workers_get_the_mlflow_login():
+    holding = {
+        name
+        for name, service in SERVICES.items()
+        if {"MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_USERNAME"} & set(environment(service))
+    }
+    assert holding == set(WORKERS)
+    # The DAG processor parses the DAGs without it: no DAG file talks to MLflow at parse time.
+    assert "MLFLOW_TRACKING_PASSWORD" not in environment(SERVICES["airflow-dag-processor"])
+    assert "MLFLOW_TRACKING_PASSWORD" not in COMPOSE["x-airflow-common-env"]
+
+
+def test_the_workers_have_no_metadata_database_and_sign_no_tokens():
+    for name in WORKERS:
+        env = environment(SERVICES[name])
+        assert not {
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+            "AIRFLOW__CORE__FERNET_KEY",
+            "AIRFLOW__API_AUTH__JWT_SECRET",
+        } & set(env), name
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql")
+
+
+def as_text(command: str | list[str] | None) -> str:
+    return command if isinstance(command, str) else " ".join(command or [])
+
+
+def on_command_lines(script: str) -> str:
+    """What of a command (a shell script) becomes processes' arguments: here-document bodies
+    (a process's standard input) and NAME=value assignments (its environment) taken out."""
+    kept, delimiter = [], None
+    for line in script.splitlines():
+        if delimiter is not None:
+            delimiter = None if line.strip() == delimiter else delimiter
+            continue
+        if heredoc := re.search(r"<<-?\s*['\"]?(\w+)['\"]?", line):
+            delimiter = heredoc.group(1)
+        kept.append(re.sub(r"\b[A-Z_][A-Z0-9_]*=(\"[^\"]*\"|'[^']*'|\S+)", "", line))
+    return "\n".join(kept)
+
+
+def commands(service: dict) -> list[str]:
+    return [
+        as_text(service.get("command")),
+        as_text(service.get("entrypoint")),
+        as_text((service.get("healthcheck") or {}).get("test")),
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_no_command_puts_a_secret_on_a_command_line(name: str):
+    """`ps` on the Docker host shows every container's command lines: a secret reaches a
+    process through its environment or its standard input, never its arguments."""
+    # Those of .env (compose would write their values into the command) and the service's own.
+    candidates = {variable for variable, _, _ in VARIABLE.findall(COMPOSE_TEXT)}
+    candidates |= set(environment(SERVICES[name]))
+    secret_names = {
+        variable
+        for variable in candidates
+        if SECRET_VARIABLE.search(variable) or CONNECTION_NAME.search(variable)
+    }
+    for command in commands(SERVICES[name]):
+        arguments = on_command_lines(command)
+        referenced = set(re.findall(r"\$\$?\{?(\w+)", arguments))
+        assert not referenced & secret_names, f"{name}: {command!r}"
+        for flag in ("--password", "--requirepass", "--conn-password", "--backend-store-uri"):
+            assert flag not in arguments, f"{name}: {command!r}"
+
+
+def test_the_first_airflow_user_is_created_without_its_password_in_argv():
+    command = as_text(SERVICES["airflow-init"]["command"])
+    assert "users create" not in command
+    assert "python -m ml.airflow_admin" in command
+    assert "AIRFLOW_ADMIN_PASSWORD" in environment(SERVICES["airflow-init"])
+
+
+def test_redis_reads_its_password_from_standard_input():
+    command = as_text(SERVICES["redis"]["command"])
+    assert "redis-server -" in command and 'requirepass "$$REDIS_PASSWORD"' in command
+    assert "REDIS_PASSWORD" not in on_command_lines(command)
+
+
+def test_postgres_init_gives_psql_the_passwords_on_standard_input():
+    script = (PROJECT_DIR / "deploy" / "postgres-init.sh").read_text()
+    psql = script[script.index("\npsql ") : script.index("<<'SQL'")]
+    assert "PASSWORD" not in psql, psql
+    assert "\\getenv airflow_password AIRFLOW_DB_PASSWORD" in script
+    assert "\\getenv mlflow_password MLFLOW_DB_PASSWORD" in script
+
+
+def test_the_image_declares_no_secret():
+    dockerfile = (PROJECT_DIR / "Dockerfile").read_text()
+    declared = re.findall(r"^\s*(?:ARG|ENV)\s+(.*)$", dockerfile, flags=re.MULTILINE)
+    names = {name for line in declared for name in re.findall(r"([A-Z_][A-Z0-9_]*)=", line)}
+    assert not {name for name in names if SECRET_VARIABLE.search(name)}, names

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from ml.config import PROJECT_DIR, ConfigError, load_settings, without_password
+from ml.config import PROJECT_DIR, ConfigError, load_settings
+from ml.secret_masking import mask_secrets
 
 
 def test_defaults_live_inside_the_project():
@@ -104,11 +105,11 @@ def test_an_audiences_path_that_is_a_directory_is_refused(tmp_path: Path):
 
 def test_a_uri_is_shown_without_its_password():
     assert (
-        without_password("postgresql+psycopg2://mlflow:s3cret@postgres:5432/mlflow")
+        mask_secrets("postgresql+psycopg2://mlflow:s3cret@postgres:5432/mlflow")
         == "postgresql+psycopg2://mlflow:***@postgres:5432/mlflow"
     )
     for uri in ("http://mlflow:5000", "sqlite:////data/mlflow/mlflow.db", "http://user@host"):
-        assert without_password(uri) == uri
+        assert mask_secrets(uri) == uri
 
 
 TRACKING_SERVER_ENV = {
