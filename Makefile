@@ -1,6 +1,10 @@
 # segflow: `make demo` sets everything up and runs the pipeline on generated data;
 # `make test` runs the tests. `make help` lists the rest.
 SHELL := /bin/bash
+# Every recipe runs under umask 077, and so does what it starts (segflow, dbt, airflow
+# standalone, mlflow server): what they create is readable by its owner only (ml/permissions.py).
+# Recipes are run as `bash -c 'umask 077 && eval "$1"' segflow-make '<recipe>'`.
+.SHELLFLAGS := -c 'umask 077 && eval "$$1"' segflow-make
 .DEFAULT_GOAL := help
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -186,6 +190,7 @@ format: $(INSTALLED)
 RUN_DIR := $(AIRFLOW_HOME)/run
 
 # Each server runs in its own process group (setsid), so `make down` stops it with its children.
+# The tracking URI may hold a password: mlflow gets it from its environment, not its command line.
 up: $(AIRFLOW_READY)
 	@mkdir -p $(RUN_DIR) $(SEGFLOW_DATA_DIR)/mlflow/artifacts
 	@if [ -f $(RUN_DIR)/airflow.pid ] && kill -0 $$(cat $(RUN_DIR)/airflow.pid) 2>/dev/null; then \
@@ -196,8 +201,8 @@ up: $(AIRFLOW_READY)
 	@if [ -f $(RUN_DIR)/mlflow.pid ] && kill -0 $$(cat $(RUN_DIR)/mlflow.pid) 2>/dev/null; then \
 		echo "MLflow already running"; \
 	else \
+		MLFLOW_BACKEND_STORE_URI="$$($(BIN)/segflow config --get mlflow_tracking_uri)" \
 		setsid nohup $(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
-			--backend-store-uri "$$($(BIN)/segflow config --get mlflow_tracking_uri)" \
 			--artifacts-destination $(SEGFLOW_DATA_DIR)/mlflow/artifacts \
 			> $(RUN_DIR)/mlflow.log 2>&1 < /dev/null & echo $$! > $(RUN_DIR)/mlflow.pid; \
 	fi

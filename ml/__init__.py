@@ -2,6 +2,9 @@
 
 Customer data never phones home: every process that imports this package switches off the
 usage telemetry of the libraries it drives (a deployment may still set these explicitly).
+
+Customer data is its owner's only: every process that imports this package creates files and
+folders that group and others cannot read, and so do the processes it starts (ml/permissions.py).
 """
 
 import os
@@ -16,3 +19,13 @@ for _name, _value in {
     "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
 }.items():
     os.environ.setdefault(_name, _value)
+
+OWNER_ONLY_UMASK = 0o077
+"""No permission for group and others on what is created; a stricter umask in force stays."""
+os.umask(os.umask(OWNER_ONLY_UMASK) | OWNER_ONLY_UMASK)
+
+# Passwords and tokens never reach a log line: every log record this process creates passes
+# through the one masking rule (ml/secret_masking.py).
+from ml.secret_masking import install_log_masking  # noqa: E402
+
+install_log_masking()

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ml.config import ConfigError
+from ml.permissions import secure_folder
 
 REQUIRED_VARIABLES = {
     "MLFLOW_BACKEND_STORE_URI": (
@@ -85,7 +86,7 @@ def server_command(env: Mapping[str, str], host: str, port: int, workers: int) -
 
 def start(host: str, port: int, workers: int, env: Mapping[str, str] | None = None) -> None:
     """Check the environment, write the auth configuration where only this user can read it,
-    and replace this process with the server."""
+    make a local artifact folder owner-only, and replace this process with the server."""
     env = dict(os.environ if env is None else env)
     missing = [name for name in REQUIRED_VARIABLES if not env.get(name, "").strip()]
     if missing:
@@ -93,6 +94,13 @@ def start(host: str, port: int, workers: int, env: Mapping[str, str] | None = No
             "the tracking server needs these environment variables (see .env.example): "
             + "; ".join(f"{name}: {REQUIRED_VARIABLES[name]}" for name in missing)
         )
+    # The server inherits this process's owner-only umask (ml/__init__.py); its artifact
+    # folder (a volume the image made, or an older server's) is made owner-only too.
+    artifacts = env["MLFLOW_ARTIFACTS_DESTINATION"].strip()
+    if "://" not in artifacts or artifacts.startswith("file://"):
+        artifacts_dir = Path(artifacts.removeprefix("file://"))
+        artifacts_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        secure_folder(artifacts_dir)
     private_dir = Path(tempfile.mkdtemp(prefix="segflow-mlflow-auth-"))  # mode 0700
     config_path = private_dir / "basic_auth.ini"
     config_path.touch(mode=0o600)

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import duckdb
 
 from ml.config import Settings
+from ml.permissions import secure_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +30,17 @@ def _is_lock_conflict(error: duckdb.Error) -> bool:
 def connect(
     settings: Settings, *, read_only: bool = False, lock_wait_seconds: float = LOCK_WAIT_SECONDS
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the warehouse (creating it for writers), always in UTC and within the configured
-    memory limit, and close it afterwards."""
+    """Open the warehouse (creating it, owner-only, for writers), always in UTC and within the
+    configured memory limit, and close it afterwards."""
     path = settings.warehouse_path
     if read_only and not path.exists():
         raise FileNotFoundError(
             f"warehouse {path} does not exist yet: run the pipeline (make run AS_OF=...) first"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # Every pipeline run opens the warehouse first: a data folder an older segflow left
+    # readable by others is repaired here, whichever process (CLI, Airflow task) comes first.
+    secure_data_dir(settings)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     deadline = time.monotonic() + lock_wait_seconds
     delay = 0.2
     while True:
@@ -54,6 +58,8 @@ def connect(
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET enable_progress_bar = false")
         con.execute(f"SET memory_limit = '{settings.duckdb_memory_limit}'")
+        if settings.duckdb_uncompressed and not read_only:
+            con.execute("SET force_compression = 'uncompressed'")
         yield con
     finally:
         con.close()

@@ -45,11 +45,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def run_make(target: str, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
-    """`make <target>` in the project, as a user runs it, with `env`."""
+    """`make <target>` in the project, as a user runs it, with `env` and a user's usual umask
+    (this process has segflow's owner-only one)."""
     return subprocess.run(
         ["make", "--no-print-directory", target],
         cwd=PROJECT_DIR,
         env=env,
+        umask=0o022,
         capture_output=True,
         text=True,
         timeout=timeout,

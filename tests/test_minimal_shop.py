@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,10 @@ def test_make_run_publishes_segments_with_the_click_model_not_applicable(minimal
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"run for {AS_OF} succeeded" in result.stdout
     assert " success)" in result.stdout  # the run's task states, checked by make run
+    # Airflow's task processes, dbt and MLflow wrote the data folder under a user's umask
+    # (run_make): owner-only all the same (ml/permissions.py).
+    for path in (data, *data.rglob("*")):
+        assert path.is_symlink() or not stat.S_IMODE(path.stat().st_mode) & 0o077, path
     # Published: every customer, scored by the models the data supports.
     manifest = json.loads((data / "exports" / AS_OF.isoformat() / "manifest.json").read_text())
     assert manifest["customers"] == minimal_shop["customers"]

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -199,3 +200,20 @@ def test_mlflow_ui_shows_every_model_with_its_champion(
         browser.save_screenshot(ARTIFACTS / f"mlflow-model-{name}.png")
         assert row.text.startswith(f"Version {version}\n"), row.text
         assert f"@ {CHAMPION}" in row.text
+
+
+def test_make_up_writes_owner_only_under_a_usual_umask(ui_servers: UiServers):
+    """`make up` ran with umask 022 (run_make): Airflow and MLflow, which do not import segflow,
+    still create owner-only files, the generated password file among them."""
+    passwords = ui_servers.airflow_home / "simple_auth_manager_passwords.json.generated"
+    assert stat.S_IMODE(passwords.stat().st_mode) == 0o600
+    data = ui_servers.airflow_home.parent / "data"
+    assert (data / "mlflow" / "artifacts").is_dir()
+    for path in (data, *data.rglob("*")):
+        assert not stat.S_IMODE(path.stat().st_mode) & 0o077, path
+    servers = processes_with_env("AIRFLOW_HOME", str(ui_servers.airflow_home))
+    assert servers
+    for pid in servers:
+        status = Path(f"/proc/{pid}/status").read_text()
+        umask = next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:"))
+        assert umask == "0077", (pid, Path(f"/proc/{pid}/cmdline").read_bytes()[:120])
