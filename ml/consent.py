@@ -7,7 +7,8 @@ the customers in `current_suppressions`, built from everything the warehouse hol
 
 - an unsubscribe, complaint or bounce event at any time (the contract: these always suppress);
 - `email_opt_in` false (or empty, unless SEGFLOW_EMPTY_OPT_IN_MEANS=opted_in), or an address
-  that is not one, in the customers' latest versions.
+  that is not a plain address (ml/contract.py PLAIN_ADDRESS_PATTERN: none, malformed, or one a
+  spreadsheet would run as a formula), in the customers' latest versions.
 
 Consent is a log: raw keeps every version of every customer (ml/ingest.py), so each opt-in
 change is kept with the moment it took effect, beside the unsubscribe, complaint and bounce
@@ -23,7 +24,7 @@ import datetime as dt
 
 import duckdb
 
-from ml.contract import VERSION_ORDER
+from ml.contract import PLAIN_ADDRESS_PATTERN, VERSION_ORDER
 
 SUPPRESSION_REASONS = ("unsubscribed", "complaint", "hard_bounce", "no_opt_in", "invalid_address")
 """In order of precedence: a customer's first reason that applies is the one recorded (the
@@ -40,9 +41,14 @@ REASON_OF_EVENT_SQL = (
     + " ".join(f"WHEN '{event}' THEN '{reason}'" for event, reason in SUPPRESSING_EVENTS.items())
     + " END"
 )
-VALID_ADDRESS_PATTERN = r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}"
-"""What counts as an address: the dbt macro `duckdb__is_valid_email` uses the same pattern for
-the features (a test keeps the two equal)."""
+
+
+def is_plain_address_sql(address: str) -> str:
+    """SQL: whether the address expression is a plain address (ml/contract.py
+    PLAIN_ADDRESS_PATTERN, which dbt's `is_valid_email` applies for the features); false when it
+    is null."""
+    pattern = PLAIN_ADDRESS_PATTERN.replace("'", "''")
+    return f"coalesce(regexp_full_match({address}, '{pattern}'), false)"
 
 
 def create_current_suppressions(
@@ -66,7 +72,7 @@ def create_current_suppressions(
                    NULL
             FROM raw.customers
             WHERE NOT {opted_in}
-               OR NOT coalesce(regexp_full_match(lower(trim(email)), '{VALID_ADDRESS_PATTERN}'), false)
+               OR NOT {is_plain_address_sql("lower(trim(email))")}
         )
         SELECT customer_id,
                arg_min(reason, (CASE reason {precedence} END, occurred_at)) AS reason,

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from ml.config import PROJECT_DIR, Settings
+from ml.contract import PLAIN_ADDRESS_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ class FeatureBuildError(RuntimeError):
 
 
 def dbt_environment(settings: Settings) -> dict[str, str]:
-    """What dbt needs from segflow's configuration (profiles.yml reads these)."""
+    """What dbt needs from segflow's configuration (profiles.yml and the models read these),
+    and the address rule (ml/contract.py), so that dbt applies segflow's one definition."""
     return {
         "SEGFLOW_WAREHOUSE_PATH": str(settings.warehouse_path),
         "SEGFLOW_DUCKDB_MEMORY_LIMIT": settings.duckdb_memory_limit,
@@ -56,6 +58,7 @@ def dbt_environment(settings: Settings) -> dict[str, str]:
         "SEGFLOW_EMPTY_OPT_IN_MEANS": "opted_in"
         if settings.loading.empty_opt_in_emailable
         else "opted_out",
+        "SEGFLOW_PLAIN_ADDRESS_PATTERN": PLAIN_ADDRESS_PATTERN,
     }
 
 

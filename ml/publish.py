@@ -13,12 +13,13 @@
 
 Exports: `<audience>.csv` per audience with the e-mailable treatment members only (holdout
 members are never sent), sorted by customer_id, floats with fixed decimals, so a re-run of the
-same date on the same data writes byte-identical files. A customer suppressed since the date
-(an unsubscribe loaded later, ml/consent.py) is left out of the export whatever date it is
-for; the table keeps the row as scored. The manifest holds row counts, treatment and holdout
+same date on the same data writes byte-identical files; text cells that a spreadsheet would run
+as a formula get a leading quote (ml/csv_exports.py). A customer suppressed since the date (an
+unsubscribe loaded later, ml/consent.py) is left out of the export whatever date it is for; the
+table keeps the row as scored. The manifest holds row counts, treatment and holdout
 counts, those left out since, each file's sha256, the model versions, the models that were not
-applicable with the reason (their score columns are empty) and the run id (the only thing that
-differs between two runs of a date).
+applicable with the reason (their score columns are empty), the formula rule with the cells it
+neutralised, and the run id (the only thing that differs between two runs of a date).
 
 Between the rename and the commit there is a moment where a killed process leaves the new
 exports beside the old table rows; running the publish again for the date makes both agree.
@@ -38,6 +39,7 @@ import duckdb
 from ml.audiences import audience_counts
 from ml.config import Settings
 from ml.consent import create_current_suppressions, create_customers_in_force
+from ml.csv_exports import formula_rule_summary, write_csv
 from ml.landing import file_sha256
 from ml.score import DATED_TABLES, PROBABILITY_KINDS, ensure_segment_tables, not_applicable_on
 from ml.warehouse import connect, table_exists
@@ -121,16 +123,6 @@ def _staged_summary(
     return rows, emailable, model_versions, not_applicable
 
 
-def write_csv(con: duckdb.DuckDBPyConnection, select: str, params: list, path: Path) -> int:
-    """The query's rows as an export file (readable by its owner only); returns the rows."""
-    rows = con.execute(
-        f"COPY ({select}) TO '{path}' (FORMAT csv, HEADER true, DELIMITER ',', NEW_LINE '\\n')",
-        params,
-    ).fetchone()[0]
-    path.chmod(0o600)
-    return rows
-
-
 def _write_exports(
     con: duckdb.DuckDBPyConnection,
     as_of: dt.date,
@@ -143,11 +135,11 @@ def _write_exports(
     folder.mkdir(mode=0o700)
     create_current_suppressions(con, empty_opt_in_emailable)
     create_customers_in_force(con, dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time()))
-    audiences = {}
+    audiences, written = {}, {}
     select = ", ".join(f"{expression} AS {name}" for name, expression in EXPORT_COLUMNS.items())
     for audience, _, holdout_share, treatment, holdout in audience_counts(con, "staging", as_of):
         path = folder / f"{audience}.csv"
-        rows = write_csv(
+        written[path.name] = write_csv(
             con,
             f"""SELECT {select}
                 FROM staging.audience_members m
@@ -160,6 +152,7 @@ def _write_exports(
             [as_of, audience],
             path,
         )
+        rows = written[path.name].rows
         audiences[audience] = {
             "file": path.name,
             "rows": rows,
@@ -169,7 +162,11 @@ def _write_exports(
             "suppressed_since": treatment - rows,
             "sha256": file_sha256(path),
         }
-    manifest = {**manifest, "audiences": audiences}
+    manifest = {
+        **manifest,
+        "audiences": audiences,
+        "spreadsheet_formula_rule": formula_rule_summary(written),
+    }
     manifest_path = folder / "manifest.json"
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     manifest_path.chmod(0o600)

@@ -8,9 +8,10 @@
    `exports/triggers/<refresh id>/` is built under a temporary name: `<trigger>.csv` per
    trigger with its e-mailable treatment members, `suppressions.csv` (customer_id, reason,
    occurred_at: no addresses, the contract sends those only for e-mailable customers) and
-   `manifest.json`. Then, in one transaction, the members, suppressions, evaluated files and
-   the refresh's record go into `published.*`, the folder is renamed into place and the
-   transaction commits. A failure publishes nothing and leaves the files unevaluated: the next
+   `manifest.json` (it records the spreadsheet formula rule, applied to every file, and the
+   cells it neutralised: ml/csv_exports.py). Then, in one transaction, the members,
+   suppressions, evaluated files and the refresh's record go into `published.*`, the folder is
+   renamed into place and the transaction commits. A failure publishes nothing and leaves the files unevaluated: the next
    refresh takes them up.
 
 A refresh with no member and no new suppression writes no folder; it records that its files
@@ -30,8 +31,8 @@ import duckdb
 
 from ml.config import Settings
 from ml.consent import create_current_suppressions
+from ml.csv_exports import formula_rule_summary, write_csv
 from ml.landing import file_sha256
-from ml.publish import write_csv
 from ml.triggers import (
     TriggerError,
     create_latest_segments,
@@ -71,10 +72,10 @@ def _write_exports(
     """The refresh's files and manifest into `folder`; returns the manifest."""
     folder.mkdir(mode=0o700, parents=False)
     select = ", ".join(f"{expr} AS {name}" for name, expr in TRIGGER_EXPORT_COLUMNS.items())
-    entries = {}
+    entries, written = {}, {}
     for trigger in triggers:
         path = folder / f"{trigger}.csv"
-        rows = write_csv(
+        written[path.name] = write_csv(
             con,
             f"""SELECT {select} FROM publishable m
                 JOIN raw.customers c ON c.customer_id = m.customer_id
@@ -88,12 +89,12 @@ def _write_exports(
         ).fetchone()
         entries[trigger] = {
             "file": path.name,
-            "rows": rows,
+            "rows": written[path.name].rows,
             "holdout": holdout,
             "sha256": file_sha256(path),
         }
     path = folder / SUPPRESSIONS_FILE
-    rows = write_csv(
+    written[path.name] = write_csv(
         con,
         """SELECT customer_id, reason, strftime(occurred_at, '%Y-%m-%dT%H:%M:%SZ') AS occurred_at
            FROM publishable_suppressions ORDER BY customer_id""",
@@ -103,7 +104,12 @@ def _write_exports(
     manifest = {
         **manifest,
         "triggers": entries,
-        "suppressions": {"file": path.name, "rows": rows, "sha256": file_sha256(path)},
+        "suppressions": {
+            "file": path.name,
+            "rows": written[path.name].rows,
+            "sha256": file_sha256(path),
+        },
+        "spreadsheet_formula_rule": formula_rule_summary(written),
     }
     manifest_path = folder / "manifest.json"
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

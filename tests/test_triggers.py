@@ -14,9 +14,8 @@ import pytest
 
 from ml.audiences import AudienceError
 from ml.config import Settings
-from ml.consent import VALID_ADDRESS_PATTERN
-from ml.contract import ENTITY_BY_NAME
-from ml.features import DBT_PROJECT_DIR
+from ml.contract import ENTITY_BY_NAME, PLAIN_ADDRESS_PATTERN
+from ml.features import DBT_PROJECT_DIR, dbt_environment
 from ml.publish import publish_segments
 from ml.trigger_exports import publish_refresh, trigger_exports_dir
 from ml.triggers import TriggerError, load_triggers, stage_refresh
@@ -330,12 +329,12 @@ def test_the_project_triggers_load():
     assert names == ["recent_buyer", "cart_abandoner", "browse_abandoner", "win_back_open"]
 
 
-def test_the_address_rule_is_the_features_rule():
+def test_the_address_rule_is_the_features_rule(settings: Settings):
+    """dbt's address check reads segflow's one rule from the environment segflow gives it."""
     macros = (DBT_PROJECT_DIR / "macros" / "adapters" / "duckdb.sql").read_text()
-    pattern = re.search(
-        r"duckdb__is_valid_email.*?regexp_full_match\(\{\{ column \}\}, '([^']+)'", macros, re.S
-    )
-    assert pattern and pattern.group(1) == VALID_ADDRESS_PATTERN
+    check = re.search(r"duckdb__is_valid_email.*?regexp_full_match\((.*?)\{%", macros, re.S)
+    assert check and 'env_var("SEGFLOW_PLAIN_ADDRESS_PATTERN")' in check.group(1)
+    assert dbt_environment(settings)["SEGFLOW_PLAIN_ADDRESS_PATTERN"] == PLAIN_ADDRESS_PATTERN
 
 
 def test_the_gate_stops_a_refresh_that_would_mail_a_suppressed_customer(published: Settings):
