@@ -15,6 +15,31 @@ export has it, else the start of its file's partition date, else its load time),
 order. dbt's stg_shop__*_versions models order them the same way."""
 VERSION_ORDER_DESC = "_version_at DESC, _loaded_at DESC, _source_file DESC, _source_row DESC"
 
+_LOCAL_CHARACTERS = "A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
+_DOMAIN_LABEL = "[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+PLAIN_ADDRESS_PATTERN = (
+    f"[A-Za-z0-9_][{_LOCAL_CHARACTERS}]*(\\.[{_LOCAL_CHARACTERS}]+)*"
+    f"@({_DOMAIN_LABEL}\\.)+[A-Za-z]{{2,}}"
+)
+"""What counts as an e-mail address: a customer whose (trimmed, lower-cased) address does not
+match the whole of it is not e-mailable (`invalid_address`). A plain address only:
+
+- the local part is dot-separated runs of letters, digits and ``!#$%&'*+/=?^_`{|}~-`` (no
+  quotes, spaces, brackets, commas or other characters, no leading, trailing or double dot),
+  and it starts with a letter, a digit or `_`, never with `=`, `+`, `-` or `@`: an address
+  that a spreadsheet would run as a formula (`=HYPERLINK("http://x")@x.com`, which the
+  earlier "anything@anything.tld" check let through) is never exported;
+- the domain is dot-separated labels of letters, digits and inner hyphens, ending in a top
+  level domain of two or more letters (no IP literals).
+
+It is deliberately narrower than RFC 5322: quoted local parts, IP-literal domains and
+internationalised (non-ASCII) addresses are valid there but rare, handled unevenly by e-mail
+tools, and cannot be told from malformed input. Consent errs on the side of the customer:
+unclear means do not e-mail. This is the one definition: ml/consent.py applies it in DuckDB,
+and dbt's `is_valid_email` macro (the features' `has_valid_email`) reads it from
+SEGFLOW_PLAIN_ADDRESS_PATTERN, which segflow sets for every dbt run (ml/features.py).
+Both DuckDB (RE2) and Python's `re` read it the same way."""
+
 # Warehouse types of the contract's logical types.
 SQL_TYPES = {
     "string": "VARCHAR",
@@ -48,6 +73,10 @@ class Column:
     reject_row: bool | None = None
     """What a broken rule does: reject the row into quarantine, or (False) keep the row with
     this value set to null. Default: reject when the column is required."""
+    personal: bool = False
+    """The value identifies or describes a person (an id, an address, a birth year, free text
+    a customer wrote): quarantine, quality results and Data Docs never keep it (see
+    PERSONAL_COLUMNS)."""
 
     @property
     def rejects_row(self) -> bool:
@@ -160,12 +189,12 @@ CUSTOMERS = Entity(
     # An address may be missing (the customer is then not e-mailable), but the column may not.
     present_columns=("email",),
     columns=(
-        Column("customer_id", "string", required=True, is_id=True),
-        Column("email", "string"),
+        Column("customer_id", "string", required=True, is_id=True, personal=True),
+        Column("email", "string", personal=True),
         Column("signup_at", "timestamp", required=True, not_in_future=True),
         Column("country", "string", pattern=r"^[A-Za-z]{2}$", pattern_rule="ISO-3166 alpha-2"),
-        Column("birth_year", "integer", minimum=1900, maximum_is_current_year=True),
-        Column("gender", "string"),
+        Column("birth_year", "integer", minimum=1900, maximum_is_current_year=True, personal=True),
+        Column("gender", "string", personal=True),
         Column("acquisition_channel", "string"),
         Column("email_opt_in", "boolean", reject_row=False),
         Column("updated_at", "timestamp"),
@@ -179,7 +208,7 @@ ORDERS = Entity(
     versioned=True,
     columns=(
         Column("order_id", "string", required=True, is_id=True),
-        Column("customer_id", "string", required=True, is_id=True),
+        Column("customer_id", "string", required=True, is_id=True, personal=True),
         Column("ordered_at", "timestamp", required=True, not_in_future=True),
         Column("amount", "decimal", required=True, minimum=0),
         Column("items", "integer", minimum=1),
@@ -195,7 +224,7 @@ EMAIL_EVENTS = Entity(
     key="event_id",
     columns=(
         Column("event_id", "string", required=True, is_id=True),
-        Column("customer_id", "string", required=True, is_id=True),
+        Column("customer_id", "string", required=True, is_id=True, personal=True),
         Column("campaign_id", "string", required=True, is_id=True),
         Column(
             "event_type",
@@ -215,7 +244,7 @@ WEB_EVENTS = Entity(
     key="event_id",
     columns=(
         Column("event_id", "string", required=True, is_id=True),
-        Column("customer_id", "string", required=True, is_id=True),
+        Column("customer_id", "string", required=True, is_id=True, personal=True),
         Column("session_id", "string", required=True, is_id=True),
         Column("event_type", "string", required=True, accepted=WEB_EVENT_TYPES),
         Column("occurred_at", "timestamp", required=True, not_in_future=True),
@@ -230,10 +259,10 @@ REVIEWS = Entity(
     key="review_id",
     columns=(
         Column("review_id", "string", required=True, is_id=True),
-        Column("customer_id", "string", required=True, is_id=True),
+        Column("customer_id", "string", required=True, is_id=True, personal=True),
         Column("created_at", "timestamp", required=True, not_in_future=True),
         Column("rating", "integer", minimum=1, maximum=5, reject_row=True),
-        Column("text", "string"),
+        Column("text", "string", personal=True),
     ),
 )
 
@@ -243,6 +272,13 @@ REVIEWS = Entity(
 # Load order matters: customers first, so that references to them can be checked.
 ENTITIES: tuple[Entity, ...] = (CUSTOMERS, ORDERS, EMAIL_EVENTS, WEB_EVENTS, REVIEWS)
 ENTITY_BY_NAME = {e.name: e for e in ENTITIES}
+PERSONAL_COLUMNS = frozenset(
+    {"customer_id", "email", *(c.name for e in ENTITIES for c in e.columns if c.personal)}
+)
+"""Names of columns whose values identify or describe a person, wherever they appear (raw
+tables, features, segments, trigger members): such values are never kept as examples of a
+broken rule. Records of rows are kept without them; extra columns beyond the contract are not
+kept at all (their names only), since nobody can say what they hold."""
 
 
 def spelling(value: str) -> str:

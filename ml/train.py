@@ -68,14 +68,31 @@ from sklearn.preprocessing import OrdinalEncoder, StandardScaler
 
 from ml import drift, evaluate, personas, registry
 from ml.config import PROJECT_DIR, Settings
+from ml.contract import PERSONAL_COLUMNS
+from ml.csv_exports import write_frame_csv
 from ml.score import OUTPUT_COLUMNS
-from ml.training_sets import LABEL_COLUMNS, TrainingSet, build_training_set, load_training_set
+from ml.training_sets import (
+    CUSTOMER_KEY,
+    LABEL_COLUMNS,
+    TrainingSet,
+    build_training_set,
+    load_training_set,
+)
 
 log = logging.getLogger(__name__)
 
 RANDOM_STATE = 7
-NOT_FEATURES = {"customer_id", "as_of_date", "snapshot_date", "rfm_code", *LABEL_COLUMNS}
-"""rfm_code repeats r_score, f_score and m_score as text."""
+NOT_FEATURES = {
+    CUSTOMER_KEY,
+    *PERSONAL_COLUMNS,
+    "as_of_date",
+    "snapshot_date",
+    "rfm_code",
+    *LABEL_COLUMNS,
+}
+"""The customer's pseudonym and personal columns (a training set holds none of the latter, this
+is a second guard) are no features, and so never in a model, its signature or input example;
+rfm_code repeats r_score, f_score and m_score as text."""
 CATEGORICAL = (
     "rfm_segment",
     "preferred_device",
@@ -286,14 +303,14 @@ def _train_supervised(kind: str, ts: TrainingSet, settings: Settings, out: Path)
         baseline = evaluate.ranking_metrics(y, reference)
         scoring = "roc_auc"
         calibration = evaluate.calibration_table(y, predicted)
-        calibration.to_csv(out / "calibration_curve.csv", index=False)
+        write_frame_csv(calibration, out / "calibration_curve.csv")
         evaluate.calibration_chart(
             calibration,
             f"{title}: calibration on {ts.validation_date}",
             out / "calibration_curve.png",
         )
     lift = evaluate.lift_table(y, {"model": predicted, "baseline": reference})
-    lift.to_csv(out / "lift_table.csv", index=False)
+    write_frame_csv(lift, out / "lift_table.csv")
     evaluate.lift_chart(
         lift, f"{title}: model vs baseline on {ts.validation_date}", out / "lift_chart.png"
     )
@@ -308,7 +325,7 @@ def _train_supervised(kind: str, ts: TrainingSet, settings: Settings, out: Path)
         _encoded_names(features),
         scoring,
     )
-    importance.to_csv(out / "permutation_importance.csv", index=False)
+    write_frame_csv(importance, out / "permutation_importance.csv")
     evaluate.importance_chart(
         importance, f"{title}: permutation importance", out / "permutation_importance.png"
     )
@@ -360,14 +377,17 @@ def _train_personas(ts: TrainingSet, settings: Settings, out: Path) -> Trained:
         persona=[fitted.names[label] for label in table.index],
         description=[fitted.descriptions[label] for label in table.index],
     )
-    summary.rename_axis("cluster").to_csv(out / "personas.csv")
-    pd.DataFrame(
-        {
-            "personas": list(fitted.silhouette_by_count),
-            "silhouette": list(fitted.silhouette_by_count.values()),
-            "smallest_share": list(fitted.min_share_by_count.values()),
-        }
-    ).to_csv(out / "persona_count_search.csv", index=False)
+    write_frame_csv(summary.rename_axis("cluster").reset_index(), out / "personas.csv")
+    write_frame_csv(
+        pd.DataFrame(
+            {
+                "personas": list(fitted.silhouette_by_count),
+                "silhouette": list(fitted.silhouette_by_count.values()),
+                "smallest_share": list(fitted.min_share_by_count.values()),
+            }
+        ),
+        out / "persona_count_search.csv",
+    )
     return Trained(
         model=model,
         features=list(personas.PERSONA_FEATURES),
@@ -611,7 +631,7 @@ def train_and_register(settings: Settings, kind: str, training_set_dir: Path) ->
             kind,
             trained.model,
             trained.features,
-            ts.training,
+            ts.training[trained.features],  # the input example: medians of features only
             version_tags={
                 "training_set": str(Path(training_set_dir).resolve()),
                 "training_as_of": ts.manifest["as_of"],

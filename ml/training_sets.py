@@ -20,6 +20,11 @@ when training runs and clustering quality is then measured out of time as well.
 
 The set is written as Parquet (one file per snapshot and a manifest) under
 `<data dir>/training/<A>/`: training reads files, never the warehouse.
+
+The files hold no customer id and no personal column (ml.contract.PERSONAL_COLUMNS, e-mail
+addresses among them): each row carries `customer_key`, the customer's keyed pseudonym
+(ml/pseudonyms.py), instead, so rows of one customer can be told apart and, with the key, a
+forgotten customer's rows found, while the files alone name nobody.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ml.config import Settings
+from ml.contract import PERSONAL_COLUMNS
+from ml.pseudonyms import CUSTOMER_ID, pseudonym_key, pseudonym_sql
 from ml.warehouse import connect, table_exists
 
 if TYPE_CHECKING:
@@ -50,6 +57,8 @@ LABEL_COLUMNS = (
     "churned",
 )
 MIN_TRAINING_SNAPSHOTS = 2
+CUSTOMER_KEY = "customer_key"
+"""The customer's pseudonym, in place of `customer_id` (see the module's docstring)."""
 DRIFT_REFERENCE = "drift_reference.parquet"
 """The customers' features as of the training date itself: the population a new version goes
 live on, from which its drift reference is made (ml/drift.py)."""
@@ -196,7 +205,9 @@ def _export(
 ) -> dict[str, dict]:
     """One Parquet file per snapshot; decimals become doubles, as duckdb's `.df()` gives them
     to scoring. Returns row counts and label rates per snapshot. The features as of `as_of`
-    itself (no labels yet) go to DRIFT_REFERENCE."""
+    itself (no labels yet) go to DRIFT_REFERENCE. Every file has `customer_key` first, and
+    neither `customer_id` nor any other personal column; rows are in key order (an order by
+    id would let a reader line them up with a sorted list of ids)."""
     labels = ", ".join(
         f"CAST(l.{column} AS DOUBLE) AS {column}"
         if column == "revenue_in_horizon"
@@ -204,19 +215,28 @@ def _export(
         for column in LABEL_COLUMNS
     )
     stats = {}
+    key = pseudonym_key(settings)
     with connect(settings, read_only=True) as con:
+        key.install(con)
         columns = con.execute(
             """SELECT column_name, data_type FROM information_schema.columns
                WHERE table_schema = 'marts' AND table_name = 'customer_features'
                ORDER BY ordinal_position"""
         ).fetchall()
+        left_out = [n for n, _ in columns if n in PERSONAL_COLUMNS and n != "customer_id"]
+        if left_out:
+            log.info("personal columns left out of the training set: %s", ", ".join(left_out))
         features = ", ".join(
-            f"CAST(f.{name} AS DOUBLE) AS {name}" if kind.startswith("DECIMAL") else f"f.{name}"
-            for name, kind in columns
+            [f"{pseudonym_sql(CUSTOMER_ID, 'f.customer_id')} AS {CUSTOMER_KEY}"]
+            + [
+                f"CAST(f.{name} AS DOUBLE) AS {name}" if kind.startswith("DECIMAL") else f"f.{name}"
+                for name, kind in columns
+                if name not in PERSONAL_COLUMNS
+            ]
         )
         con.execute(
             f"""COPY (SELECT {features} FROM marts.customer_features f
-                      WHERE f.as_of_date = DATE '{as_of.isoformat()}' ORDER BY f.customer_id)
+                      WHERE f.as_of_date = DATE '{as_of.isoformat()}' ORDER BY {CUSTOMER_KEY})
                 TO '{out / DRIFT_REFERENCE}' (FORMAT parquet)"""
         )
         for snapshot in snapshots:
@@ -225,7 +245,7 @@ def _export(
                 FROM marts.customer_features f
                 JOIN marts.training_labels l USING (customer_id, as_of_date)
                 WHERE f.as_of_date = DATE '{snapshot.isoformat()}'
-                ORDER BY f.customer_id"""
+                ORDER BY {CUSTOMER_KEY}"""
             path = out / f"{snapshot.isoformat()}.parquet"
             con.execute(f"COPY ({query}) TO '{path}' (FORMAT parquet)")
             rows, purchased, clicked, active, churned, revenue = con.execute(

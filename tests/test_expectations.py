@@ -374,6 +374,112 @@ def test_every_outcome_is_stored_and_a_rerun_replaces_it(gx_modules, settings: S
     assert (settings.reports_dir / "data_docs" / "index.html").exists()
 
 
+SECRET_ID = "cust-8841"
+SECRET_ADDRESS = "jane..doe@@example.com"
+
+
+def test_no_customer_id_or_address_reaches_results_data_docs_or_messages(
+    gx_modules, settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog
+):
+    """A failing gate over a frame with a bad address, a delivered row twice and a personal
+    value out of range: GX's results and Data Docs keep counts only, and segflow's message,
+    log and stored results name the file's rule and column but no value of a person."""
+    import great_expectations as gx
+    from great_expectations import expectations as gxe
+    from great_expectations.checkpoint.checkpoint import Checkpoint
+
+    suites, runner = gx_modules
+    results = []
+    run = Checkpoint.run
+
+    def capturing(self, *args, **kwargs):
+        results.append(run(self, *args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(Checkpoint, "run", capturing)
+    frame = good_raw("customers")
+    frame = changed(frame, "email", 0, SECRET_ADDRESS)
+    frame = changed(frame, "birth_year", 0, 1850)
+    frame = frame.assign(customer_id=[SECRET_ID, "c2", SECRET_ID], _source_row=[1, 2, 1])
+    checks = suites.raw_suite("customers", LOADED).expectations
+    checks = [
+        *checks,
+        gxe.ExpectColumnValuesToMatchRegex(
+            column="email", regex=r"^[^@]+@[^@]+$", meta={"severity": "error", "why": "address"}
+        ),
+    ]
+    suite = gx.ExpectationSuite(name="raw_customers", expectations=checks)
+    with caplog.at_level("INFO"):
+        report = runner.validate_frame(settings, frame, suite, AS_OF)
+        with pytest.raises(runner.GateFailed) as error:
+            report.raise_on_errors()
+    assert {(o.expectation, o.column) for o in report.outcomes if not o.success} == {
+        ("expect_compound_columns_to_be_unique", None),
+        ("expect_column_values_to_be_between", "birth_year"),
+        ("expect_column_values_to_match_regex", "email"),
+    }
+    message = str(error.value)
+    assert "expect_column_values_to_match_regex on email (address): 1 of 3 rows" in message
+    assert "birth_year" in message and "e.g." not in message
+
+    validation = json.dumps(
+        [r.to_json_dict() for result in results for r in result.run_results.values()],
+        default=str,
+    )
+    assert '"unexpected_count": 1' in validation
+    docs = [p for p in (settings.reports_dir / "data_docs").rglob("*.html")]
+    assert any("validations" in p.parts for p in docs)
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        stored = str(con.execute("SELECT * FROM quality.validation_results").fetchall())
+    for text in (validation, message, caplog.text, stored, *(p.read_text() for p in docs)):
+        for secret in (SECRET_ADDRESS, "@@example", SECRET_ID, "1850"):
+            assert secret not in text
+
+
+def test_results_kept_from_before_lose_values_of_people(gx_modules, settings: Settings):
+    """Data Docs pages and stored examples from before values were left out: the pages go, and
+    examples survive only for value rules on columns that identify nobody."""
+    suites, runner = gx_modules
+    old_page = settings.reports_dir / "data_docs" / "validations" / "raw_orders" / "old.html"
+    old_page.parent.mkdir(parents=True)
+    old_page.write_text(f"<td>{SECRET_ID}</td>")
+    settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(settings.warehouse_path)) as con:
+        con.execute("CREATE SCHEMA quality")
+        con.execute(
+            """CREATE TABLE quality.validation_results (
+                run_date DATE NOT NULL, suite VARCHAR NOT NULL, expectation VARCHAR NOT NULL,
+                column_name VARCHAR, severity VARCHAR NOT NULL, success BOOLEAN NOT NULL,
+                observed_value VARCHAR, unexpected_count BIGINT, element_count BIGINT,
+                examples JSON, validated_at TIMESTAMP NOT NULL)"""
+        )
+        for expectation, column, examples in (
+            ("expect_column_values_to_be_unique", "customer_id", [SECRET_ID]),
+            ("expect_compound_columns_to_be_unique", None, [{"customer_id": SECRET_ID}]),
+            ("expect_column_values_to_be_between", "birth_year", ["1850"]),
+            ("expect_column_values_to_be_in_set", "status", ["pending"]),
+        ):
+            con.execute(
+                "INSERT INTO quality.validation_results VALUES "
+                "('2026-06-01', 'raw_x', ?, ?, 'error', false, NULL, 1, 3, ?, now())",
+                [expectation, column, json.dumps(examples)],
+            )
+
+    runner.validate_frame(settings, good_raw("orders"), suites.raw_suite("orders", LOADED), AS_OF)
+
+    assert not old_page.exists()
+    assert (settings.reports_dir / "data_docs" / "index.html").exists()
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        kept = con.execute(
+            """SELECT column_name, examples::VARCHAR FROM quality.validation_results
+               WHERE suite = 'raw_x' ORDER BY expectation"""
+        ).fetchall()
+    assert sorted(kept, key=str) == sorted(
+        [("birth_year", "[]"), ("status", '["pending"]'), (None, "[]"), ("customer_id", "[]")],
+        key=str,
+    )
+
+
 PERSONAS = ["Loyal high spenders", "Dormant"]
 
 

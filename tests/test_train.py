@@ -202,6 +202,7 @@ def test_every_champion_loads_by_alias_and_scores_the_warehouse_frame(
             assert ((scores >= 0) & (scores <= 1)).all()
         assert np.isfinite(scores).all() and scores.std() > 0
         assert "customer_id" not in champion.features and "as_of_date" not in champion.features
+        assert "customer_key" not in champion.features
 
     # MLflow's own loader by the alias URI gives the same model (it needs the opt-in that
     # ml.registry avoids by checking skops' trusted types itself).
@@ -286,6 +287,10 @@ def test_runs_hold_the_window_charts_card_and_no_personal_data(trained_settings:
     assert run.info.artifact_uri.startswith(store.resolve().as_uri())
     with duckdb.connect(str(trained_settings.warehouse_path), read_only=True) as con:
         ids = [row[0] for row in con.execute("SELECT customer_id FROM raw.customers").fetchall()]
+    # Nor the pseudonyms of the training set: they stay with it.
+    keys = set(
+        load_training_set(training_set_dir(trained_settings, TRAINED_AS_OF)).frame["customer_key"]
+    )
     files = [path for path in store.rglob("*") if path.is_file()]
     assert {"model_card.md", "input_example.json", "model.skops"} <= {p.name for p in files}
     address = re.compile(rb"[\w.+-]+@[\w-]+\.[a-z]{2,}")
@@ -293,8 +298,9 @@ def test_runs_hold_the_window_charts_card_and_no_personal_data(trained_settings:
         content = path.read_bytes()
         assert not address.search(content), path
         assert not any(customer.encode() in content for customer in ids), path
+        assert not any(key.encode() in content for key in keys), path
     example = json.loads(next(p for p in files if p.name == "input_example.json").read_text())
-    assert "customer_id" not in example["columns"]
+    assert "customer_id" not in example["columns"] and "customer_key" not in example["columns"]
 
 
 @pytest.mark.slow

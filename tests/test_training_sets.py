@@ -9,7 +9,10 @@ import pandas as pd
 import pytest
 
 from ml.config import Settings, load_settings
+from ml.contract import PERSONAL_COLUMNS
+from ml.pseudonyms import CUSTOMER_ID, pseudonym_key
 from ml.training_sets import (
+    DRIFT_REFERENCE,
     TrainingSetError,
     build_training_set,
     load_training_set,
@@ -65,12 +68,53 @@ def test_training_as_of_a_date_the_data_has_not_reached_is_refused(trained_setti
 
 
 def raw_orders(settings: Settings) -> pd.DataFrame:
+    """Completed orders, each with its customer's pseudonym as `customer_key`."""
+    key = pseudonym_key(settings)
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         con.execute("SET TimeZone = 'UTC'")
-        return con.execute(
+        orders = con.execute(
             "SELECT customer_id, ordered_at, status FROM raw.orders "
             "WHERE coalesce(status, 'completed') = 'completed'"
         ).df()
+    orders["customer_key"] = [key.of(CUSTOMER_ID, c) for c in orders["customer_id"]]
+    return orders
+
+
+@pytest.mark.slow
+def test_training_files_hold_a_pseudonym_and_no_id_or_address(trained_settings: Settings):
+    directory = training_set_dir(trained_settings, TRAINED_AS_OF)
+    with duckdb.connect(str(trained_settings.warehouse_path), read_only=True) as con:
+        customers = con.execute("SELECT customer_id, email FROM raw.customers").fetchall()
+    ids = {customer for customer, _ in customers}
+    addresses = {email for _, email in customers if email}
+    key = pseudonym_key(trained_settings)
+
+    files = sorted(directory.glob("*.parquet"))
+    assert DRIFT_REFERENCE in {path.name for path in files} and len(files) == 4
+    for path in files:
+        frame = pd.read_parquet(path)
+        assert frame.columns[0] == "customer_key", path.name
+        assert not set(frame.columns) & PERSONAL_COLUMNS, path.name
+        assert not any(c == "email" or "address" in c for c in frame.columns), path.name
+        assert frame["customer_key"].is_unique and frame["customer_key"].notna().all()
+        # No text value of any column is an id or an address.
+        for column in frame.select_dtypes(exclude="number").columns:
+            values = set(frame[column].dropna().astype(str))
+            assert not values & ids and not values & addresses, (path.name, column)
+
+    # The key is the customer's pseudonym: the one Python computes with the shop's key, for
+    # every customer with features on the training date.
+    with duckdb.connect(str(trained_settings.warehouse_path), read_only=True) as con:
+        featured = [
+            row[0]
+            for row in con.execute(
+                "SELECT customer_id FROM marts.customer_features WHERE as_of_date = ?",
+                [TRAINED_AS_OF],
+            ).fetchall()
+        ]
+    reference = pd.read_parquet(directory / DRIFT_REFERENCE)
+    assert key.of(CUSTOMER_ID, featured[0]) in set(reference["customer_key"])
+    assert set(reference["customer_key"]) == {key.of(CUSTOMER_ID, c) for c in featured}
 
 
 @pytest.mark.slow
@@ -83,7 +127,7 @@ def test_each_row_holds_features_before_and_labels_after_its_own_snapshot(
     assert manifest["training_snapshots"] == ["2026-04-01", "2026-05-01"]
     assert set(ts.frame["snapshot_date"]) == {D(2026, 4, 1), D(2026, 5, 1), D(2026, 5, 31)}
     assert len(ts.validation) == manifest["snapshots"]["2026-05-31"]["rows"] > 0
-    assert not ts.frame.duplicated(["customer_id", "snapshot_date"]).any()
+    assert not ts.frame.duplicated(["customer_key", "snapshot_date"]).any()
     assert (pd.to_datetime(ts.frame["as_of_date"]).dt.date == ts.frame["snapshot_date"]).all()
 
     # Recompute frequency (orders before the cutoff) and purchased (an order in the 30 days
@@ -91,13 +135,13 @@ def test_each_row_holds_features_before_and_labels_after_its_own_snapshot(
     orders = raw_orders(trained_settings)
     for snapshot, rows in ts.frame.groupby("snapshot_date"):
         cutoff = pd.Timestamp(snapshot + dt.timedelta(days=1))
-        before = orders[orders.ordered_at < cutoff].groupby("customer_id").size()
+        before = orders[orders.ordered_at < cutoff].groupby("customer_key").size()
         window = orders[
             (orders.ordered_at >= cutoff) & (orders.ordered_at < cutoff + pd.Timedelta(days=30))
         ]
-        rows = rows.set_index("customer_id")
+        rows = rows.set_index("customer_key")
         expected_frequency = before.reindex(rows.index, fill_value=0)
-        expected_purchased = rows.index.isin(window.customer_id).astype(int)
+        expected_purchased = rows.index.isin(window.customer_key).astype(int)
         assert (rows["frequency"] == expected_frequency).all(), snapshot
         assert (rows["purchased"].to_numpy() == expected_purchased).all(), snapshot
         # Churn is defined for active customers only.
