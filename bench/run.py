@@ -69,10 +69,13 @@ ALL_STAGES = (
     "daily_run",
     "trigger_refresh",
     "customer_snapshot",
+    "erasure",
     "exported_ingest",
 )
 SNAPSHOT_CHANGE_SHARE = 0.001
 """customer_snapshot: the share of customers whose row differs from their last version."""
+ERASURE_CUSTOMERS = 100
+"""erasure: customers forgotten in one `segflow forget` (half by id, half by address)."""
 TRIGGER_INCREMENTS = 3
 """Increments timed from landing to published delta, after one that warms up (see refreshes)."""
 TRIGGER_TARGET_SCALE, TRIGGER_TARGET_S = 100_000, 120
@@ -386,6 +389,41 @@ def customer_snapshot(env: dict[str, str]) -> dict:
     }
 
 
+def erasure(env: dict[str, str], work: Path) -> dict:
+    """One `segflow forget` of ERASURE_CUSTOMERS customers, as a batch of requests arrives:
+    landing files, exports, training sets and reports rewritten, warehouse rows deleted and
+    the DuckDB file rebuilt. Last on the shop, as it removes customers."""
+    import duckdb
+
+    from ml.config import load_settings
+
+    settings = load_settings(env)
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        chosen = con.execute(
+            f"""SELECT customer_id, email FROM raw.customers
+                ORDER BY hash(customer_id) LIMIT {ERASURE_CUSTOMERS}"""
+        ).fetchall()
+    requests = work / "erasure-requests.csv"
+    requests.write_text(
+        "customer_id,email\n"
+        + "".join(
+            f"{customer},\n" if index % 2 else f",{email}\n"
+            for index, (customer, email) in enumerate(chosen)
+        )
+    )
+    requests.chmod(0o600)
+    measured = measure([SEGFLOW, "forget", "--from-file", str(requests)], env, keep_output=True)
+    requests.unlink()
+    summary = [line.strip() for line in measured["output"].splitlines() if line.startswith("  ")]
+    return {
+        "seconds": measured["seconds"],
+        "peak_mib": measured["peak_mib"],
+        "customers": len(chosen),
+        "warehouse_gib": round(settings.warehouse_path.stat().st_size / 2**30, 2),
+        "summary": summary[:4],
+    }
+
+
 def exported_ingest(customers: int, days: int, work: Path) -> dict:
     """The same shop generated as shops export it (`generate --as-exported`: customer snapshots
     every 7 days, gzip CSV, JSON lines, TSV, integer ids, refunds, late and early rows) and
@@ -462,6 +500,8 @@ def run(customers: int, days: int, stages: list[str], work: Path, results: dict)
         results["trigger_refresh"] = trigger_refresh(env, work)
     if "customer_snapshot" in stages:
         results["customer_snapshot"] = customer_snapshot(env)
+    if "erasure" in stages:
+        results["erasure"] = erasure(env, work)
     if "exported_ingest" in stages:
         results["exported_ingest"] = exported_ingest(customers, days, work)
 
@@ -590,6 +630,19 @@ def scale_section(result: dict) -> list[str]:
             f"loaded by `segflow ingest`: **{snapshot['seconds']:,.1f} s, peak "
             f"{snapshot['peak_mib']:,} MiB**; {snapshot['new_versions']:,} new versions, "
             f"{snapshot['unchanged']:,} rows unchanged.",
+            "",
+        ]
+    erased = result.get("erasure")
+    if erased:
+        lines += [
+            f"`segflow forget` of {erased['customers']:,} customers at once (half by id, half "
+            f"by address; every landing file, export, training set and report searched, the "
+            f"{erased['warehouse_gib']:,} GiB warehouse file rebuilt): **{erased['seconds']:,.1f}"
+            f" s, peak {erased['peak_mib']:,} MiB**:",
+            "",
+            "```",
+            *erased["summary"],
+            "```",
             "",
         ]
     exported = result.get("exported_ingest")
@@ -779,7 +832,7 @@ def save(customers: int, days: int, result: dict) -> None:
     for part in ("stages", "comparisons"):
         result[part] = {**earlier.get(part, {}), **result[part]}
     result["rows"] = result.get("rows") or earlier.get("rows", {})
-    for part in ("daily_run", "trigger_refresh", "customer_snapshot", "exported_ingest"):
+    for part in ("daily_run", "trigger_refresh", "customer_snapshot", "erasure", "exported_ingest"):
         if part not in result and part in earlier:
             result[part] = earlier[part]
     all_results[key] = result

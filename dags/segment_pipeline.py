@@ -4,6 +4,9 @@
 The daily run of segflow for one as-of date (the day of the run's logical date, or the
 `as_of_date` param):
 
+0. **forget_requested**: the erasure requests waiting in the landing folder
+   (`erasure_requests/*.csv`): those customers are forgotten everywhere before anything is
+   loaded or published, and the request files are deleted (docs/operations.md).
 1. **ingest**: landing files up to that date into the warehouse's `raw` schema; rows that
    break the data contract are kept in `quarantine.violations` with their reason.
 2. **raw_gate**: the run's quarantine share, then Great Expectations suites on the new raw
@@ -32,6 +35,10 @@ The daily run of segflow for one as-of date (the day of the run's logical date, 
 12. **drift_alert**: when a check alerts, emits the `drift_alert` asset with the reasons, which
     schedules train_models for the models concerned; skipped otherwise, and for backfill runs
     (a backfill records its alerts but retrains nothing).
+13. **housekeeping**: retention (`ml/retention.py`, `SEGFLOW_RETENTION_*`): what is older
+    than its limit as of the date goes (superseded raw versions, published and feature rows of
+    old dates, quarantine, export folders, training sets no aliased model needs, reports);
+    returns what was removed. Docs: docs/operations.md, "What is kept, and for how long".
 
 Every task that opens the warehouse runs in the `warehouse` pool (one slot), shared with
 train_models: DuckDB allows one writing process, and no reader beside it. Under Celery these
@@ -90,6 +97,14 @@ SETTINGS = load_settings()
     doc_md=__doc__,
 )
 def segment_pipeline():
+    @task(**WAREHOUSE_TASK)
+    def forget_requested() -> dict | None:
+        """Forget the customers named in the landing folder's erasure requests."""
+        from ml.erasure import forget_requested as forget_waiting_requests
+
+        result = forget_waiting_requests(load_settings())
+        return None if result is None else result.as_dict()
+
     @task(**WAREHOUSE_TASK, outlets=RAW_TABLES)
     def ingest(params=None, data_interval_start=None, logical_date=None) -> str:
         """Load new landing files up to the as-of date into raw; quarantine bad rows.
@@ -258,8 +273,19 @@ def segment_pipeline():
         )
         return verdict
 
+    @task(**WAREHOUSE_TASK)
+    def housekeeping(params=None, data_interval_start=None, logical_date=None) -> dict:
+        """Remove what is older than its retention limit as of the date; returns the report."""
+        from ml.retention import apply_retention
+
+        return apply_retention(
+            load_settings(), today=resolve_as_of(params, data_interval_start, logical_date)
+        ).as_dict()
+
+    loaded_at = ingest()
+    forget_requested() >> loaded_at
     report = (
-        raw_gate(ingest())
+        raw_gate(loaded_at)
         >> score_review_texts()
         >> features
         >> features_gate()
@@ -272,6 +298,7 @@ def segment_pipeline():
     verdict = monitor()
     report >> verdict
     drift_alert(verdict)
+    verdict >> housekeeping()
 
 
 segment_pipeline()

@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
 import resource
 import sys
 import time
+import traceback
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from ml.audiences import AudienceError
-from ml.config import ConfigError, load_settings, without_password
+from ml.config import ConfigError, load_settings
+from ml.erasure import ErasureError
 from ml.features import FeatureBuildError
 from ml.ingest import ContractViolation
 from ml.monitoring import MonitoringError
+from ml.permissions import secure_data_dir
 from ml.publish import PublishError
 from ml.quality import QualityGateFailed
 from ml.readout import ReadoutError
 from ml.registry import NoChampion
 from ml.score import ScoringError
+from ml.secret_masking import mask_secrets
 from ml.training_sets import TrainingSetError
 from ml.triggers import TriggerError
 
@@ -271,6 +276,32 @@ def cmd_quarantine(args: argparse.Namespace) -> None:
         print("\n".join(quarantine_lines(con)))
 
 
+def cmd_forget(args: argparse.Namespace) -> None:
+    from ml.erasure import ErasureError, forget, forget_requested, read_identities
+
+    settings = load_settings()
+    ids, addresses = set(args.customer_id), set(args.email)
+    for path in args.from_file:
+        more_ids, more_addresses = read_identities(Path(path), settings.loading.encoding)
+        ids |= more_ids
+        addresses |= more_addresses
+    if not (ids or addresses or args.requests):
+        raise ErasureError("give --customer-id, --email, --from-file or --requests")
+    results = []
+    if args.requests:
+        requested = forget_requested(settings)
+        print(requested.render() if requested else "no erasure request files are waiting")
+        results.append(requested)
+    if ids or addresses:
+        results.append(forget(settings, ids, addresses))
+        print(results[-1].render())
+    if any(result is not None and not result.complete for result in results):
+        raise ErasureError(
+            "the customers are gone from the warehouse and segflow's files, but the files "
+            "listed above still hold them: delete or re-export them"
+        )
+
+
 def cmd_dbt(args: argparse.Namespace) -> None:
     from ml.features import run_dbt
 
@@ -295,6 +326,13 @@ def cmd_status(_: argparse.Namespace) -> None:
     print(monitoring_summary(settings))
 
 
+def cmd_housekeeping(args: argparse.Namespace) -> None:
+    from ml.retention import apply_retention
+
+    today = args.today or dt.datetime.now(dt.UTC).date()
+    print(apply_retention(load_settings(), today, dry_run=args.dry_run).summary())
+
+
 SHOWN_SETTINGS = (
     "data_dir",
     "landing_dir",
@@ -313,8 +351,7 @@ def cmd_config(args: argparse.Namespace) -> None:
         return
     for name in SHOWN_SETTINGS:
         value = getattr(settings, name)
-        shown = without_password(value) if name == "mlflow_tracking_uri" else value
-        print(f"{name:<20} {shown}")
+        print(f"{name:<20} {mask_secrets(str(value))}")
     webhook = settings.alerts.webhook_url
     # Only where alerts go, never the whole URL: a webhook's path often carries its token.
     shown = f"{urlsplit(webhook).scheme}://{urlsplit(webhook).hostname}/..." if webhook else "-"
@@ -459,6 +496,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     readout_parser.set_defaults(handler=cmd_readout)
 
+    forget_parser = commands.add_parser(
+        "forget",
+        help="forget customers everywhere segflow keeps data (the right to erasure)",
+    )
+    forget_parser.add_argument(
+        "--customer-id", action="append", default=[], metavar="ID", help="repeatable"
+    )
+    forget_parser.add_argument(
+        "--email", action="append", default=[], metavar="ADDRESS", help="repeatable"
+    )
+    forget_parser.add_argument(
+        "--from-file",
+        action="append",
+        default=[],
+        metavar="CSV",
+        help="a CSV with a customer_id column, an email column or both (repeatable)",
+    )
+    forget_parser.add_argument(
+        "--requests",
+        action="store_true",
+        help="the erasure request files waiting in <landing>/erasure_requests/",
+    )
+    forget_parser.set_defaults(handler=cmd_forget)
+
     dbt = commands.add_parser(
         "dbt", help="run any dbt command on the project, configured for this warehouse"
     )
@@ -467,6 +528,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="what the warehouse holds, and the quarantine")
     status.set_defaults(handler=cmd_status)
+
+    housekeeping = commands.add_parser(
+        "housekeeping",
+        help="remove what is older than its retention limit (SEGFLOW_RETENTION_*), as the "
+        "daily run's last task does",
+    )
+    housekeeping.add_argument(
+        "--today", type=_date, help="the date the limits count back from (default: today, UTC)"
+    )
+    housekeeping.add_argument(
+        "--dry-run", action="store_true", help="say what would be removed, remove nothing"
+    )
+    housekeeping.set_defaults(handler=cmd_housekeeping)
 
     config = commands.add_parser("config", help="print the settings in force")
     config.add_argument("--get", choices=SHOWN_SETTINGS, help="print only this setting's value")
@@ -497,19 +571,33 @@ EXPLAINED_ERRORS: dict[type[Exception], tuple[str, int]] = {
     ReadoutError: ("readout: ", 1),
     MonitoringError: ("drift monitor: ", 1),
     TriggerError: ("trigger refresh: ", 1),
+    ErasureError: ("erasure: ", 3),
 }
 
 
+def _print_masked_traceback(kind: type[BaseException], error: BaseException, tb) -> None:
+    """An unexpected error's traceback, as Python prints it, with its secrets masked."""
+    text = "".join(traceback.format_exception(kind, error, tb))
+    print(mask_secrets(text), end="", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Log lines are masked by the record factory `import ml` installed (ml/secret_masking.py).
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sys.excepthook = _print_masked_traceback
     args = build_parser().parse_args(argv)
+    # What an older segflow left readable by others is repaired before any command runs
+    # (`make run` and `make up` start with `segflow config`). Unusable settings are reported
+    # by the commands that need them.
+    with contextlib.suppress(ConfigError):
+        secure_data_dir(load_settings())
     try:
         args.handler(args)
     except tuple(EXPLAINED_ERRORS) as error:
         prefix, exit_code = next(
             explained for kind, explained in EXPLAINED_ERRORS.items() if isinstance(error, kind)
         )
-        print(f"segflow: {prefix}{error}", file=sys.stderr)
+        print(mask_secrets(f"segflow: {prefix}{error}"), file=sys.stderr)
         return exit_code
     return 0
 

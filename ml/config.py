@@ -12,7 +12,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
+
+from ml.secret_masking import mask_secrets
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -20,7 +22,13 @@ KNOWN_TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "http", "https", "fil
 
 
 class ConfigError(ValueError):
-    """A setting from the environment cannot be used; the message names the variable."""
+    """A setting from the environment cannot be used; the message names the variable.
+
+    The message passes through the masking rule (ml/secret_masking.py): a value it repeats
+    keeps no password or token (the message becomes a DAG import error in Airflow's UI)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(mask_secrets(message))
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,33 @@ class AlertSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    """How long segflow keeps what it writes (ml/retention.py removes what is older, daily).
+    Each is a number of days, overridable from the environment."""
+
+    raw_history_days: int
+    """SEGFLOW_RETENTION_RAW_HISTORY_DAYS: superseded versions of customers and orders whose
+    validity ended longer ago are deleted (the version in force is always kept)."""
+    published_history_days: int
+    """SEGFLOW_RETENTION_PUBLISHED_DAYS: published segments, audience and trigger members and
+    the feature marts of as-of dates further back are deleted."""
+    quarantine_days: int
+    """SEGFLOW_RETENTION_QUARANTINE_DAYS: rejected rows and set-aside files recorded longer ago
+    are deleted."""
+    exports_days: int
+    """SEGFLOW_RETENTION_EXPORTS_DAYS: daily audience export folders of older dates are deleted."""
+    trigger_exports_days: int
+    """SEGFLOW_RETENTION_TRIGGER_EXPORTS_DAYS: trigger refresh export folders older than this
+    are deleted."""
+    training_sets_days: int
+    """SEGFLOW_RETENTION_TRAINING_SETS_DAYS: training sets of older dates are deleted, except
+    those of model versions that hold an alias (champion, challenger)."""
+    reports_days: int
+    """SEGFLOW_RETENTION_REPORTS_DAYS: reports (segment, drift, quality results and Data Docs,
+    failure records) older than this are deleted."""
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path
     landing_dir: Path
@@ -151,6 +186,9 @@ class Settings:
     airflow_home: Path
     duckdb_memory_limit: str
     """Memory DuckDB may use before spilling to disk (warehouse.duckdb.tmp/), e.g. 4GB."""
+    duckdb_uncompressed: bool
+    """SEGFLOW_DUCKDB_UNCOMPRESSED: store the warehouse without compression (a larger file), so
+    that a byte search of the file can confirm an erasure; off by default."""
     landing_poll_seconds: float
     """SEGFLOW_LANDING_POLL_SECONDS: how often the landing zone's watcher looks for new files
     (ml/landing_watch.py); a file counts once it stayed the same for one look."""
@@ -160,6 +198,11 @@ class Settings:
     publishing: PublishSettings
     alerts: AlertSettings
     monitoring: MonitoringSettings
+    retention: RetentionSettings
+    pseudonym_key: str | None
+    """SEGFLOW_PSEUDONYM_KEY: the secret that keys customer pseudonyms and the hashes of
+    forgotten identities (ml/pseudonyms.py); unset, a key is generated once into
+    `<data dir>/keys/pseudonym.key`."""
 
     @property
     def warehouse_path(self) -> Path:
@@ -176,6 +219,10 @@ class Settings:
     @property
     def mlflow_dir(self) -> Path:
         return self.data_dir / "mlflow"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
 
 
 def _given(env: Mapping[str, str], name: str) -> str | None:
@@ -341,16 +388,6 @@ def _email_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return addresses
 
 
-def without_password(uri: str) -> str:
-    """`uri` as it may be shown or logged: a password in it (postgresql://user:secret@host/db)
-    becomes ***."""
-    parts = urlsplit(uri)
-    if not parts.password:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from `env` (default: the process environment)."""
     env = os.environ if env is None else env
@@ -364,6 +401,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         airflow_home=_path(env, "AIRFLOW_HOME", PROJECT_DIR / ".airflow"),
         duckdb_memory_limit=_memory_size(env, "SEGFLOW_DUCKDB_MEMORY_LIMIT", "4GB"),
+        duckdb_uncompressed=_flag(env, "SEGFLOW_DUCKDB_UNCOMPRESSED", False),
         landing_poll_seconds=_positive_float(env, "SEGFLOW_LANDING_POLL_SECONDS", 5.0),
         loading=LoadingSettings(
             encoding=_encoding(env, "SEGFLOW_LANDING_ENCODING", "utf-8"),
@@ -404,6 +442,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             emails=_email_list(env, "SEGFLOW_ALERT_EMAILS"),
         ),
         monitoring=_monitoring(env),
+        retention=RetentionSettings(
+            raw_history_days=_positive_int(env, "SEGFLOW_RETENTION_RAW_HISTORY_DAYS", 1095),
+            published_history_days=_positive_int(env, "SEGFLOW_RETENTION_PUBLISHED_DAYS", 400),
+            quarantine_days=_positive_int(env, "SEGFLOW_RETENTION_QUARANTINE_DAYS", 90),
+            exports_days=_positive_int(env, "SEGFLOW_RETENTION_EXPORTS_DAYS", 30),
+            trigger_exports_days=_positive_int(env, "SEGFLOW_RETENTION_TRIGGER_EXPORTS_DAYS", 14),
+            training_sets_days=_positive_int(env, "SEGFLOW_RETENTION_TRAINING_SETS_DAYS", 180),
+            reports_days=_positive_int(env, "SEGFLOW_RETENTION_REPORTS_DAYS", 90),
+        ),
+        pseudonym_key=_given(env, "SEGFLOW_PSEUDONYM_KEY"),
     )
 
 

@@ -23,6 +23,13 @@ is read, is ml/landing.py's part):
      a timestamp beyond the tolerance). A broken rule on an optional column keeps the row with
      that value set to null (an unreadable opt-in: to false), and records the original value
      there too.
+   Quarantine keeps what a person needs to fix the file, and nothing that identifies a
+   customer: the file, row number, column and rule; the offending value unless the column is
+   personal (ml.contract.PERSONAL_COLUMNS: ids, addresses, birth year, gender, review text),
+   whose value is replaced by its shape (`value_shape`, e.g. `a.a@a.a (20 characters)`); and
+   the row's other values (`record`) without its personal columns. A held row keeps its whole
+   record while it waits (it is loaded later); if it becomes a rejection it is kept the same
+   minimal way.
 5. Customers and orders keep every version (`raw.customer_versions`, `raw.order_versions`):
    a row delivered again for a known key with any other value is a new version. A version
    takes effect at its `updated_at` when the export has the column, else at the start of its
@@ -31,12 +38,19 @@ is read, is ml/landing.py's part):
    latest versions; dbt derives the version in force on any date.
 6. Writes in transactions of a batch of files (about 32 MiB): every file's rows, quarantine and
    load record land together or not at all, so an interrupted run is completed by the next.
+
+Columns beyond the contract are not kept: nothing downstream reads them, and nobody can tell
+whether a column named `notes` or `phone` holds personal data. `_extra` records only their names
+(a JSON list, e.g. `["loyalty_tier"]`), so it shows that a file carries more than the contract;
+a column worth using belongs in the contract. Warehouses from before are migrated once: extra
+values become their names, and quarantine rows lose their personal values and fields.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,12 +63,14 @@ from ml.consent import create_consent_log
 from ml.contract import (
     ENTITIES,
     OPT_IN_SPELLINGS,
+    PERSONAL_COLUMNS,
     VERSION_ORDER,
     VERSION_ORDER_DESC,
     Column,
     Entity,
     spelling,
 )
+from ml.erasure import ensure_privacy_tables
 from ml.landing import (
     BadFile,
     ContractViolation,
@@ -66,6 +82,7 @@ from ml.landing import (
     discover,
     readable_path,
 )
+from ml.pseudonyms import CUSTOMER_ID, EMAIL, pseudonym_key, pseudonym_sql
 from ml.warehouse import connect
 
 log = logging.getLogger(__name__)
@@ -141,6 +158,27 @@ def _timestamp(value: dt.datetime) -> str:
     return f"TIMESTAMP '{value:%Y-%m-%d %H:%M:%S}'"
 
 
+SHAPE_CHARACTERS = 40
+
+
+def _shape(value: str) -> str:
+    """SQL: what a (personal) value looks like without what it says: every run of letters is
+    `a`, every run of digits `9`, other characters stay, then its length, e.g.
+    `a.a@a.a (20 characters)` for an address. Enough to see a missing `@`, a stray blank or an
+    id written as `42.0`; not enough to tell whose value it was. Null stays null."""
+    letters = f"regexp_replace({value}, '[\\pL\\pM]+', 'a', 'g')"
+    digits = f"regexp_replace({letters}, '\\pN+', '9', 'g')"
+    return (
+        f"CASE WHEN {value} IS NOT NULL THEN left({digits}, {SHAPE_CHARACTERS}) || ' (' "
+        f"|| length({value}) || ' characters)' END"
+    )
+
+
+def _personal(column: str) -> str:
+    """SQL: whether the column named by `column` is personal (PERSONAL_COLUMNS)."""
+    return f"{column} IN ({', '.join(_literal(c) for c in sorted(PERSONAL_COLUMNS))})"
+
+
 # --------------------------------------------------------------------------- warehouse tables
 
 LOADED_FILE_COUNTS = ("rows_unchanged", "rows_held")
@@ -180,12 +218,15 @@ def ensure_raw_tables(con: duckdb.DuckDBPyConnection) -> None:
         )
     # When a raw gate passed the file's rows; null until one has (ml/quality.py).
     con.execute("ALTER TABLE raw.loaded_files ADD COLUMN IF NOT EXISTS gated_at TIMESTAMP")
+    _minimise_quarantine(con)
     con.execute(
         """CREATE TABLE IF NOT EXISTS quarantine.violations (
             entity VARCHAR NOT NULL, source_file VARCHAR NOT NULL, source_row BIGINT NOT NULL,
             column_name VARCHAR NOT NULL, rule VARCHAR NOT NULL, value VARCHAR,
-            action VARCHAR NOT NULL, record JSON NOT NULL, loaded_at TIMESTAMP NOT NULL)"""
+            value_shape VARCHAR, action VARCHAR NOT NULL, record JSON NOT NULL,
+            loaded_at TIMESTAMP NOT NULL, customer_key VARCHAR)"""
     )
+    con.execute("ALTER TABLE quarantine.violations ADD COLUMN IF NOT EXISTS customer_key VARCHAR")
     con.execute(
         """CREATE TABLE IF NOT EXISTS quarantine.held_rows (
             entity VARCHAR NOT NULL, source_file VARCHAR NOT NULL, source_row BIGINT NOT NULL,
@@ -199,6 +240,61 @@ def ensure_raw_tables(con: duckdb.DuckDBPyConnection) -> None:
             column_name VARCHAR, reason VARCHAR NOT NULL, found_at TIMESTAMP NOT NULL,
             accepted_at TIMESTAMP, accepted_note VARCHAR, PRIMARY KEY (entity, source_file))"""
     )
+
+
+def _minimise_quarantine(con: duckdb.DuckDBPyConnection) -> None:
+    """A warehouse from before quarantine was minimised (its violations have no `value_shape`):
+    violations lose personal values (their shape is kept) and the personal fields of their
+    records, and the values of extra columns, in raw and in held rows, become their names. One
+    transaction, so an interrupted migration is done again by the next run."""
+    (old,) = con.execute(
+        """SELECT count(*) FROM information_schema.tables
+           WHERE table_schema = 'quarantine' AND table_name = 'violations'
+             AND NOT EXISTS (SELECT 1 FROM information_schema.columns
+                             WHERE table_schema = 'quarantine' AND table_name = 'violations'
+                               AND column_name = 'value_shape')"""
+    ).fetchone()
+    if not old:
+        return
+    personal_field = _personal(_spelled("e.key"))
+    extra_names = "CASE WHEN json_type({0}) = 'OBJECT' THEN to_json(json_keys({0})) ELSE {0} END"
+    tables = {
+        (schema, name)
+        for schema, name in con.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables "
+            "WHERE table_type = 'BASE TABLE'"
+        ).fetchall()
+    }
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("ALTER TABLE quarantine.violations ADD COLUMN value_shape VARCHAR")
+        con.execute(
+            f"""UPDATE quarantine.violations SET value_shape = {_shape("value")}, value = NULL
+                WHERE {_personal("column_name")}"""
+        )
+        # The record's keys are the file's column names: personal ones by their spelling.
+        con.execute(
+            f"""UPDATE quarantine.violations SET record = coalesce(to_json(map_from_entries(
+                    list_filter(list_transform(json_keys(record),
+                                               lambda k: {{'key': k, 'value': record ->> k}}),
+                                lambda e: NOT {personal_field}))), '{{}}')"""
+        )
+        if ("quarantine", "held_rows") in tables:
+            con.execute(
+                f"UPDATE quarantine.held_rows SET extra = {extra_names.format('extra')} "
+                "WHERE extra IS NOT NULL"
+            )
+        for entity in ENTITIES:
+            if ("raw", entity.table) in tables:
+                con.execute(
+                    f"UPDATE raw.{entity.table} SET _extra = {extra_names.format('_extra')} "
+                    "WHERE _extra IS NOT NULL"
+                )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    log.info("quarantine minimised and extra columns reduced to their names (one-time migration)")
 
 
 def _move_to_versions(con: duckdb.DuckDBPyConnection) -> None:
@@ -268,7 +364,16 @@ def _reader(file: LandingFile, path: Path, settings: Settings, delimiter: str = 
 
 
 def _check_names(file: LandingFile, entity: Entity, names: list[str]) -> dict[str, str]:
-    """Source name per normalised name; a name twice, or a required one missing, is an error."""
+    """Source name per normalised name; a name twice, or a required one missing, is an error.
+    A header naming no column of the contract is most likely a first data row (a file without
+    header line): its names, which would be a customer's values, are not repeated."""
+    if names and not {spelling(name) for name in names} & set(entity.column_names):
+        raise BadFile(
+            file.relative,
+            None,
+            f"the header names no column of {entity.name} ({len(names)} columns): is the "
+            "header line missing? (the first line is not repeated here: it may be a row of data)",
+        )
     by_normalized: dict[str, str] = {}
     for name in names:
         normalized = spelling(name)
@@ -360,8 +465,9 @@ def _contract_columns(schema: _FileSchema) -> str:
         for column, source in schema.source_names.items()
     ]
     if schema.extras:
-        pairs = ", ".join(f"{_literal(x)}: {_quote(x)}::VARCHAR" for x in schema.extras)
-        selects.append(f"to_json({{{pairs}}}) AS _extra")
+        # The names of the columns beyond the contract, never their values (module docstring).
+        names = ", ".join(_literal(x) for x in schema.extras)
+        selects.append(f"to_json([{names}]) AS _extra")
     else:
         selects.append("NULL::JSON AS _extra")
     return ", ".join(selects)
@@ -598,6 +704,7 @@ def _check_batch(
                      _held_since FROM batch)"""
     )
     _check_keys_and_references(con, entity)
+    _reject_erased(con, entity)
     if retried:
         _expire_held_rows(con, loaded_at, settings.loading.hold_days)
 
@@ -685,6 +792,32 @@ def _check_keys_and_references(con: duckdb.DuckDBPyConnection, entity: Entity) -
     )
 
 
+ERASED_RULE = "names a forgotten customer (segflow forget): not loaded, values not kept"
+
+
+def _reject_erased(con: duckdb.DuckDBPyConnection, entity: Entity) -> None:
+    """A row of a customer segflow was asked to forget (by id or address, compared by keyed
+    hash, ml/erasure.py) is rejected with this rule alone: no value of it is kept anywhere."""
+    if not con.execute("SELECT count(*) FROM privacy.erased_identities").fetchone()[0]:
+        return
+    names = {column.name for column in entity.columns}
+    matches = [
+        f"""EXISTS (SELECT 1 FROM privacy.erased_identities e WHERE e.kind = '{kind}'
+                    AND e.identity_hash = {pseudonym_sql(kind, _quote("v_" + kind))})"""
+        for kind in (CUSTOMER_ID, EMAIL)
+        if kind in names
+    ]
+    if not matches:
+        return
+    con.execute(
+        f"""UPDATE checked SET _unchanged = false,
+               _violations = [{{'column_name': '{CUSTOMER_ID if CUSTOMER_ID in names else EMAIL}',
+                                'rule': {_literal(ERASED_RULE)}, 'value': NULL::VARCHAR,
+                                'action': 'rejected'}}]
+            WHERE {" OR ".join(matches)}"""
+    )
+
+
 def _expire_held_rows(con: duckdb.DuckDBPyConnection, loaded_at: dt.datetime, days: float) -> None:
     """A row held for longer than SEGFLOW_HOLD_DAYS is rejected for what it waited for."""
     deadline = loaded_at - dt.timedelta(days=days)
@@ -701,18 +834,16 @@ def _expire_held_rows(con: duckdb.DuckDBPyConnection, loaded_at: dt.datetime, da
     )
 
 
-def _record_of(schema: _FileSchema, by_contract_name: bool) -> str:
-    """SQL rebuilding a row's delivered values as JSON: by the file's column names for
-    people (quarantine.violations), by contract names for held rows (to be read again)."""
-    return (
-        "to_json({"
-        + ", ".join(
-            f"{_literal(column if by_contract_name else source)}: {_quote('s_' + column)}::VARCHAR"
-            for column, source in schema.source_names.items()
-            if source is not None
-        )
-        + "})"
-    )
+def _record_of(schema: _FileSchema, for_people: bool) -> str:
+    """SQL rebuilding a row's delivered values as JSON: for people (quarantine.violations) by
+    the file's column names and without personal columns; for held rows whole and by contract
+    names (to be read again)."""
+    fields = [
+        f"{_literal(source if for_people else column)}: {_quote('s_' + column)}::VARCHAR"
+        for column, source in schema.source_names.items()
+        if source is not None and not (for_people and column in PERSONAL_COLUMNS)
+    ]
+    return f"to_json({{{', '.join(fields)}}})" if fields else "'{}'::JSON"
 
 
 def _write_checked(
@@ -735,12 +866,26 @@ def _write_checked(
         SELECT {values}, _extra, _source_file, _source_row, {at} AS _loaded_at {version}
         FROM checked WHERE {LOADED}"""
     )
+    # A personal value is kept as its shape only, and the record without personal columns:
+    # also for a held row that waited too long (module docstring).
+    personal = _personal("v.column_name")
+    # The pseudonym, not the id: an erasure finds the person's rejected rows by it.
+    customer_key = (
+        pseudonym_sql(CUSTOMER_ID, "s_customer_id")
+        if any(column.name == CUSTOMER_ID for column in entity.columns)
+        else "NULL::VARCHAR"
+    )
     con.execute(
-        f"""INSERT INTO quarantine.violations
-        SELECT {_literal(entity.name)}, _source_file, _source_row, v.column_name, v.rule, v.value,
-               v.action, _record, {at}
-        FROM (SELECT _source_file, _source_row, {_record_of(schema, False)} AS _record,
-                     unnest(_violations) AS v
+        f"""INSERT INTO quarantine.violations BY NAME
+        SELECT {_literal(entity.name)} AS entity, _source_file AS source_file,
+               _source_row AS source_row, v.column_name AS column_name, v.rule AS rule,
+               CASE WHEN {personal} THEN NULL ELSE v.value END AS value,
+               CASE WHEN {personal} THEN {_shape("v.value")} END AS value_shape,
+               v.action AS action, CASE WHEN v.rule = {_literal(ERASED_RULE)} THEN '{{}}'::JSON
+                                        ELSE _record END AS record, {at} AS loaded_at,
+               CASE WHEN v.rule <> {_literal(ERASED_RULE)} THEN _customer_key END AS customer_key
+        FROM (SELECT _source_file, _source_row, {_record_of(schema, True)} AS _record,
+                     {customer_key} AS _customer_key, unnest(_violations) AS v
               FROM checked WHERE len(_violations) > 0 AND NOT {HELD} AND NOT _unchanged)
         WHERE v.action <> 'held'
         ORDER BY _source_file, _source_row, v.column_name"""
@@ -750,7 +895,7 @@ def _write_checked(
         SELECT {_literal(entity.name)}, _source_file, _source_row,
                array_to_string(list_transform(list_filter(_violations,
                    lambda v: v.action = 'held'), lambda v: v.column_name || ': ' || v.rule), '; '),
-               {_record_of(schema, True)}, _extra, coalesce(_held_since, {at}), {at}
+               {_record_of(schema, False)}, _extra, coalesce(_held_since, {at}), {at}
         FROM checked WHERE {HELD}"""
     )
     nulled = "len(list_filter(_violations, lambda v: v.action IN ('nulled', 'defaulted')))"
@@ -792,6 +937,8 @@ def ingest_landing(
 
     with connect(settings) as con:
         ensure_raw_tables(con)
+        ensure_privacy_tables(con)
+        pseudonym_key(settings).install(con)  # recognises forgotten customers (_reject_erased)
         previous = {
             (entity, source): (sha, Fingerprint(size, mtime))
             for entity, source, sha, size, mtime in con.execute(
@@ -846,10 +993,15 @@ def ingest_landing(
                     f"required entity '{entity.name}' has no landing files",
                 )
 
-        for entity in ENTITIES:
-            # After the entities before it: a held order whose customer came today loads now.
-            _retry_held_rows(con, entity, loaded_at, settings, report)
-            _load_entity(con, entity, plan[entity.name], loaded_at, settings, report)
+        try:
+            for entity in ENTITIES:
+                # After the entities before it: a held order whose customer came today loads now.
+                _retry_held_rows(con, entity, loaded_at, settings, report)
+                _load_entity(con, entity, plan[entity.name], loaded_at, settings, report)
+        finally:
+            # The links share the shop's files: they must not keep one alive after the shop
+            # (or an erasure) deletes or rewrites it.
+            shutil.rmtree(staging, ignore_errors=True)
     log.info("%s", report.summary())
     return report
 
@@ -1130,12 +1282,23 @@ def quarantine_lines(con: duckdb.DuckDBPyConnection) -> list[str]:
     ).fetchall()
     for entity, reason, n, since in held:
         lines.append(f"  {n:>8,} held {entity}: {reason} (since {since:%Y-%m-%d %H:%M})")
+    # Where to look first: the first row breaking each rule, with its value (or, for a
+    # personal column, the value's shape).
     violations = con.execute(
-        """SELECT entity, column_name, rule, action, count(*) AS n FROM quarantine.violations
-           GROUP BY ALL ORDER BY n DESC, entity, column_name LIMIT 10"""
+        """SELECT entity, column_name, rule, action, n, source_file, source_row, value,
+                  value_shape
+           FROM (SELECT *, count(*) OVER reason AS n,
+                        row_number() OVER (reason ORDER BY source_file, source_row) AS k
+                 FROM quarantine.violations
+                 WINDOW reason AS (PARTITION BY entity, column_name, rule, action))
+           WHERE k = 1 ORDER BY n DESC, entity, column_name LIMIT 10"""
     ).fetchall()
-    for entity, column, rule, action, n in violations:
-        lines.append(f"  {n:>8,} {entity}.{column}: {rule} -> row {action}")
+    for entity, column, rule, action, n, file, row, value, shape in violations:
+        detail = f", value {value!r}" if value is not None else ""
+        detail = f", a value like {shape}" if shape is not None else detail
+        lines.append(
+            f"  {n:>8,} {entity}.{column}: {rule} -> row {action} (first: {file} row {row}{detail})"
+        )
     if not lines:
         return ["quarantine: empty (every file and row met the contract)"]
     return ["quarantine (bad files, held rows, most frequent rules broken):", *lines]

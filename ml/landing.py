@@ -49,6 +49,8 @@ FORMATS = {
 """The landing formats by suffix (any case); the text formats may also be gzipped (`.gz`)."""
 TEMPORARY_SUFFIXES = (".crc", ".tmp", ".temp", ".partial", ".inprogress", "~")
 CSV_DELIMITERS = (",", ";", "\t", "|")
+ERASURE_REQUESTS = "erasure_requests"
+"""The landing folder of erasure requests (ml/erasure.py): not an entity, never loaded."""
 GLOB_CHARACTERS = re.compile(r"[*?\[\]{}]")
 
 
@@ -132,7 +134,7 @@ def discover(landing_dir: Path) -> Discovery:
     if not landing_dir.is_dir():
         raise ContractViolation(str(landing_dir), None, "landing folder does not exist")
     root = landing_dir.resolve()
-    known = {e.name for e in ENTITIES}
+    known = {e.name for e in ENTITIES} | {ERASURE_REQUESTS}
     for child in sorted(landing_dir.iterdir()):
         if child.is_dir() and child.name not in known and not is_writer_artifact(child.name):
             log.warning("landing folder %s is not a contract entity; ignored", child)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 import os
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 
 from ml.config import Settings
-from ml.ingest import ContractViolation, ingest_landing, raw_summary
+from ml.ingest import ContractViolation, ingest_landing, quarantine_lines, raw_summary
 
 LOAD_TIME = dt.datetime(2026, 7, 1, 12, 0)
 CUSTOMERS = [
@@ -157,15 +158,16 @@ def test_csv_and_parquet_mix_with_case_insensitive_headers_and_extra_columns(set
     (landing / "orders").mkdir()
     orders.to_parquet(landing / "orders/orders.parquet")
     ingest(settings)
+    # Columns beyond the contract are named, their values not kept (they may be personal).
     assert query(settings, "SELECT customer_id, _extra::VARCHAR FROM raw.customers ORDER BY 1") == [
-        ("c1", '{"loyalty_tier":"gold"}'),
+        ("c1", '["loyalty_tier"]'),
         ("c2", None),
     ]
-    # A timestamp with a zone is stored in UTC; extra columns are kept as JSON.
+    # A timestamp with a zone is stored in UTC.
     assert query(
         settings,
         "SELECT order_id, customer_id, ordered_at, amount::VARCHAR, _extra::VARCHAR FROM raw.orders",
-    ) == [("o1", "c2", dt.datetime(2026, 6, 1, 8, 0), "12.50", '{"coupon":"SUMMER"}')]
+    ) == [("o1", "c2", dt.datetime(2026, 6, 1, 8, 0), "12.50", '["coupon"]')]
 
 
 def test_timestamps_without_offset_are_utc_and_offsets_are_converted(settings: Settings):
@@ -377,14 +379,70 @@ def test_each_row_violation_is_quarantined_with_its_reason(
         assert report.entities["orders"].values_nullified == 1
 
 
-def test_quarantine_keeps_the_original_record(settings: Settings):
+def test_quarantine_keeps_the_record_without_its_personal_values(settings: Settings):
     minimal_landing(settings.landing_dir)
     write_csv(settings.landing_dir, "orders/date=2026-06-02/part-1.csv", [bad_order(amount="-1")])
     ingest(settings)
     record = query(
-        settings, "SELECT record->>'amount', record->>'order_id' FROM quarantine.violations"
+        settings,
+        "SELECT record->>'amount', record->>'order_id', record->>'customer_id', value, value_shape "
+        "FROM quarantine.violations",
     )
-    assert record == [("-1", "bad")]
+    assert record == [("-1", "bad", None, "-1", None)]
+
+
+SECRET_ADDRESS = "rosa.quarantine@example.org"
+
+
+def test_a_rejected_customer_row_keeps_no_address_or_id(settings: Settings):
+    """What a person needs to fix the file (file, line, column, rule, the impersonal values) and
+    nothing that says whose row it was."""
+    write_csv(
+        settings.landing_dir,
+        "customers/c.csv",
+        [
+            CUSTOMERS[0],
+            dict(
+                CUSTOMERS[1],
+                customer_id="cust-secret-77",
+                email=SECRET_ADDRESS,
+                signup_at="yesterday",
+                country="Germany",
+                birth_year="1851",
+                gender="f",
+            ),
+        ],
+        header=["customer_id", "email", "signup_at", "country", "birth_year", "gender"],
+    )
+    write_csv(settings.landing_dir, "orders/o.csv", ORDERS[:1])
+    ingest(settings)
+    rows = query(
+        settings,
+        """SELECT source_file, source_row, column_name, rule, value, value_shape, action,
+                  record::VARCHAR FROM quarantine.violations ORDER BY column_name""",
+    )
+    assert [row[:7] for row in rows] == [
+        ("customers/c.csv", 2, "birth_year", "must be >= 1900", None, "9 (4 characters)", "nulled"),
+        ("customers/c.csv", 2, "country", "must be ISO-3166 alpha-2", "Germany", None, "nulled"),
+        ("customers/c.csv", 2, "signup_at", "not a valid timestamp", "yesterday", None, "rejected"),
+    ]
+    assert all(
+        json.loads(row[7]) == {"signup_at": "yesterday", "country": "Germany"} for row in rows
+    )
+    everything = str(query(settings, "SELECT * FROM quarantine.violations"))
+    for secret in (SECRET_ADDRESS, "example.org", "cust-secret-77", "1851"):
+        assert secret not in everything
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        summary = "\n".join(quarantine_lines(con))
+    assert (
+        "1 customers.signup_at: not a valid timestamp -> row rejected "
+        "(first: customers/c.csv row 2, value 'yesterday')" in summary
+    )
+    assert (
+        "customers.birth_year: must be >= 1900 -> row nulled "
+        "(first: customers/c.csv row 2, a value like 9 (4 characters))" in summary
+    )
+    assert "1851" not in summary and "cust-secret-77" not in summary
 
 
 @pytest.mark.parametrize(
@@ -533,7 +591,7 @@ def test_customer_attributes_that_break_a_rule_are_nulled_not_dropped(settings: 
         "SELECT customer_id, country, birth_year, email_opt_in FROM raw.customers ORDER BY 1",
     ) == [("c1", None, None, False), ("c2", None, None, None)]
     assert [(v[3], v[4], v[5], v[6]) for v in violations(settings)] == [
-        ("birth_year", "must be >= 1900", "1850", "nulled"),
+        ("birth_year", "must be >= 1900", None, "nulled"),  # personal: its shape only
         ("country", "must be ISO-3166 alpha-2", "Germany", "nulled"),
         (
             "email_opt_in",
@@ -543,6 +601,60 @@ def test_customer_attributes_that_break_a_rule_are_nulled_not_dropped(settings: 
         ),
     ]
     assert query(settings, "SELECT count(*) FROM raw.orders") == [(2,)]
+
+
+def test_a_warehouse_from_before_is_minimised_once(settings: Settings):
+    """Quarantine rows with whole records and extra values in raw, as earlier versions kept
+    them: personal values become their shape, records lose personal fields (by the file's
+    spelling of them), extra columns keep their names only."""
+    from ml.ingest import ensure_raw_tables
+
+    minimal_landing(settings.landing_dir)
+    ingest(settings)
+    with duckdb.connect(str(settings.warehouse_path)) as con:
+        con.execute("ALTER TABLE quarantine.violations DROP COLUMN value_shape")
+        con.execute("ALTER TABLE quarantine.violations DROP COLUMN customer_key")
+        con.execute(
+            """INSERT INTO quarantine.violations VALUES
+               ('customers', 'customers/old.csv', 3, 'customer_id', 'some rule', 'c-99',
+                'rejected', '{"Customer ID": "c-99", "EMAIL": "old@example.com",
+                              "signup_at": "never", "Birth-Year": "1970"}', now()),
+               ('orders', 'orders/old.csv', 4, 'amount', 'must be >= 0', '-2', 'rejected',
+                '{"order_id": "o7", "customer_id": "c-99", "amount": "-2"}', now())"""
+        )
+        con.execute(
+            """UPDATE raw.customer_versions SET _extra = '{"phone": "+49 151 000"}'
+               WHERE customer_id = 'c1'"""
+        )
+    with duckdb.connect(str(settings.warehouse_path)) as con:
+        ensure_raw_tables(con)
+        ensure_raw_tables(con)  # once only: nothing left to do the second time
+    rows = query(
+        settings,
+        """SELECT column_name, value, value_shape, record::VARCHAR FROM quarantine.violations
+           WHERE source_file LIKE '%old.csv' ORDER BY source_row""",
+    )
+    assert [(c, v, shape, json.loads(r)) for c, v, shape, r in rows] == [
+        ("customer_id", None, "a-9 (4 characters)", {"signup_at": "never"}),
+        ("amount", "-2", None, {"order_id": "o7", "amount": "-2"}),
+    ]
+    assert query(
+        settings, "SELECT _extra::VARCHAR FROM raw.customers WHERE customer_id = 'c1'"
+    ) == [('["phone"]',)]
+
+
+def test_a_csv_without_header_line_is_set_aside_without_repeating_its_first_row(
+    settings: Settings,
+):
+    minimal_landing(settings.landing_dir)
+    (settings.landing_dir / "customers/no_header.csv").write_text(
+        "c7,first.row@example.com,2026-01-01\nc8,second@example.com,2026-01-02\n"
+    )
+    ingest(settings)
+    [(source_file, column, reason)] = bad_files(settings)
+    assert (source_file, column) == ("customers/no_header.csv", None)
+    assert "is the header line missing?" in reason
+    assert "first.row@example.com" not in reason and "c7" not in reason
 
 
 def test_summary_reports_tables_and_quarantine(settings: Settings):

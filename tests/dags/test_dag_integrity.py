@@ -86,6 +86,8 @@ def test_warehouse_writers_share_the_single_slot_pool(dag_bag: DagBag):
     ]
     # A reader waits behind a writer of another process too (DuckDB: one writer or readers).
     writers += [dag.get_task("segment_report"), dag.get_task("monitor")]
+    writers += [dag.get_task("housekeeping")]  # retention deletes rows
+    writers += [dag.get_task("forget_requested")]  # erasure deletes rows, rebuilds the file
     warehouse_tasks = [ingest, *gates, *writers, *dbt_tasks]
     assert {t.pool for t in warehouse_tasks} == {WAREHOUSE_POOL}
     # Under Celery, one worker serves the queue of the tasks that open the warehouse.
@@ -124,6 +126,43 @@ def test_the_monitor_follows_the_publication_and_only_its_alert_schedules_traini
     assert [a.name for a in alert.outlets] == ["drift_alert"]
     emitters = {t.task_id for t in dag.tasks for a in t.outlets if a.name == "drift_alert"}
     assert emitters == {"drift_alert"}
+
+
+def test_erasure_requests_are_honoured_before_anything_is_loaded(
+    dag_bag: DagBag, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    """forget_requested runs first, so nobody who asked to be forgotten is loaded or published
+    that day; with no request waiting it does nothing and says so (None)."""
+    dag = dag_bag.dags["segment_pipeline"]
+    forget = dag.get_task("forget_requested")
+    assert forget.upstream_task_ids == set()
+    assert forget.downstream_task_ids == {"ingest"}
+    monkeypatch.setenv("SEGFLOW_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("SEGFLOW_LANDING_DIR", str(tmp_path / "landing"))
+    assert forget.python_callable() is None
+
+
+def test_housekeeping_ends_the_daily_run_and_returns_what_it_removed(
+    dag_bag: DagBag, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    """Retention runs once the day's work is done, as of the run's date, in the warehouse
+    pool; its report is the task's XCom."""
+    import json
+
+    dag = dag_bag.dags["segment_pipeline"]
+    housekeeping = dag.get_task("housekeeping")
+    assert housekeeping.upstream_task_ids == {"monitor"}
+    assert housekeeping.downstream_task_ids == set()
+    assert (housekeeping.pool, housekeeping.queue) == (WAREHOUSE_POOL, WAREHOUSE_QUEUE)
+    old = tmp_path / "exports" / "2025-01-01"
+    for name in ("2025-01-01", "2026-06-29"):
+        (tmp_path / "exports" / name).mkdir(parents=True)
+    monkeypatch.setenv("SEGFLOW_DATA_DIR", str(tmp_path))
+    report = housekeeping.python_callable(params={"as_of_date": "2026-06-30"})
+    json.dumps(report)  # an XCom
+    assert report["today"] == "2026-06-30"
+    assert report["kinds"]["exports"]["removed"] == ["exports/2025-01-01"]
+    assert not old.exists() and (tmp_path / "exports" / "2026-06-29").exists()
 
 
 def test_every_table_the_pipeline_produces_is_an_asset(dag_bag: DagBag):
