@@ -312,6 +312,11 @@ def _rewrite_landing(
         if _has_table(con, "raw", "loaded_files")
         else {}
     )
+    evaluated = [
+        schema
+        for schema in ("published", "staging")
+        if _has_table(con, schema, "trigger_evaluated_files")
+    ]
     for files in discover(settings.landing_dir).files.values():
         for file in files:
             fingerprint = Fingerprint.of(file.path)
@@ -345,13 +350,12 @@ def _rewrite_landing(
                    WHERE entity = ? AND source_file = ?""",
                 [sha, now.size, now.mtime_ns, removed, file.entity, file.relative],
             )
-            for schema in ("published", "staging"):
-                if _has_table(con, schema, "trigger_evaluated_files"):
-                    con.execute(
-                        f"""UPDATE {schema}.trigger_evaluated_files SET sha256 = ?
-                            WHERE entity = ? AND source_file = ? AND sha256 = ?""",
-                        [sha, file.entity, file.relative, previous[0]],
-                    )
+            for schema in evaluated:
+                con.execute(
+                    f"""UPDATE {schema}.trigger_evaluated_files SET sha256 = ?
+                        WHERE entity = ? AND source_file = ? AND sha256 = ?""",
+                    [sha, file.entity, file.relative, previous[0]],
+                )
 
 
 def _has_table(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:

@@ -163,24 +163,28 @@ def remove_parquet_rows(path: Path, identities: Identities, keep_mtime: bool = F
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
-    wanted = pa.array(
-        sorted({*identities.customer_ids, *identities.emails, *identities.pseudonyms}),
-        pa.string(),
-    )
-    hit = pa.array([False] * table.num_rows, pa.bool_())
+    text_columns = [
+        field.name
+        for field in pq.read_schema(path)
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
+    ]
+    # Only the text columns are compared; the whole file is read only when it must be rewritten.
+    table = pq.read_table(path, columns=text_columns)
+    exact = pa.array(sorted({*identities.customer_ids, *identities.pseudonyms}), pa.string())
+    lowered = pa.array(sorted(identities.emails), pa.string())
+    hit = None
     for column in table.column_names:
-        values = table[column]
-        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
-            continue
-        normalised = pc.utf8_trim_whitespace(values.cast(pa.string()))
-        hit = pc.or_(hit, pc.fill_null(pc.is_in(normalised, value_set=wanted), False))
-        hit = pc.or_(
-            hit, pc.fill_null(pc.is_in(pc.utf8_lower(normalised), value_set=wanted), False)
+        values = pc.utf8_trim_whitespace(table[column].cast(pa.string()))
+        matched = pc.or_(
+            pc.fill_null(pc.is_in(values, value_set=exact), False),
+            pc.fill_null(pc.is_in(pc.utf8_lower(values), value_set=lowered), False),
         )
+        hit = matched if hit is None else pc.or_(hit, matched)
+    if hit is None:
+        return 0
     removed = pc.sum(hit).as_py() or 0
     if removed:
-        kept = table.filter(pc.invert(hit))
+        kept = pq.read_table(path).filter(pc.invert(hit))
         _replace(path, lambda handle: pq.write_table(kept, handle), keep_mtime)
     return removed
 
@@ -201,11 +205,16 @@ def redact_text(path: Path, identities: Identities) -> int:
 def holds_identity(path: Path, identities: Identities) -> bool:
     """A byte search of the file (binary files included) for any identity."""
     pattern = re.compile(identities.pattern().pattern.encode(), re.IGNORECASE)
-    overlap = 512
+    needles = [name.lower().encode() for name in (*identities.customer_ids, *identities.emails)]
+    overlap = max(len(needle) for needle in needles) + 1
     with path.open("rb") as handle:
         tail = b""
         for block in iter(lambda: handle.read(1 << 24), b""):
-            if pattern.search(tail + block):
+            window = tail + block
+            lowered = window.lower()
+            # A plain find first: the regex (which knows where a name ends) is slow on
+            # megabytes of binary, and most blocks hold no identity at all.
+            if any(needle in lowered for needle in needles) and pattern.search(window):
                 return True
             tail = block[-overlap:]
     return False
