@@ -10,6 +10,9 @@ triggerer) fires when new files have settled in the landing zone, and each event
 No manual trigger and no polling schedule are involved; events that arrive during a run start
 one more run after it.
 
+0. **forget_requested**: erasure requests in `erasure_requests/` (the watcher sees them too)
+   are honoured first, as the daily run does: the person is forgotten within minutes, before
+   any refresh could export them.
 1. **ingest**: the new landing files (partitions up to today) into `raw`, as the daily run
    loads them; its load time is the refresh's evaluation time.
 2. **raw_gate**: the daily run's raw gate on those rows.
@@ -78,6 +81,14 @@ REFRESH_TASK = {**WAREHOUSE_TASK, "priority_weight": 100, "weight_rule": "absolu
     doc_md=__doc__,
 )
 def refresh_triggers():
+    @task(**REFRESH_TASK)
+    def forget_requested() -> dict | None:
+        """Forget the customers named in the landing folder's erasure requests."""
+        from ml.erasure import forget_requested as forget_waiting_requests
+
+        result = forget_waiting_requests(load_settings())
+        return None if result is None else result.as_dict()
+
     @task(**REFRESH_TASK, outlets=RAW_TABLES)
     def ingest() -> str:
         """Load the new landing files into raw; returns the load time, the refresh's clock."""
@@ -119,6 +130,7 @@ def refresh_triggers():
         return publish_refresh(load_settings(), refresh_id, run_id)
 
     loaded_at = ingest()
+    forget_requested() >> loaded_at
     refresh_id = evaluate(loaded_at)
     raw_gate(loaded_at) >> refresh_id
     triggers_gate(refresh_id) >> publish(refresh_id)

@@ -28,7 +28,7 @@ from typing import Any
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 from ml.contract import ENTITIES
-from ml.landing import is_writer_artifact, landing_format
+from ml.landing import ERASURE_REQUESTS, is_writer_artifact, landing_format
 
 WATERMARK_KEY = "landing_watermark"
 MAX_BUSY_POLLS = 10
@@ -41,10 +41,11 @@ Stat = tuple[int, int]
 
 
 def scan_landing(landing_dir: Path) -> dict[str, Stat]:
-    """Every landing file of a contract entity, by path inside the landing folder."""
+    """Every landing file of a contract entity, and every erasure request (a refresh honours
+    those first, so a person is forgotten within minutes), by path inside the landing folder."""
     found: dict[str, Stat] = {}
-    for entity in ENTITIES:
-        folder = landing_dir / entity.name
+    for name in [entity.name for entity in ENTITIES] + [ERASURE_REQUESTS]:
+        folder = landing_dir / name
         for root, folders, names in os.walk(folder):
             folders[:] = [name for name in folders if not is_writer_artifact(name)]
             for name in names:

@@ -87,6 +87,21 @@ def test_new_files_fire_one_event_per_burst_and_history_none(tmp_path: Path):
     assert store.values[WATERMARK_KEY]["names"]  # remembered where Airflow keeps it
 
 
+def test_an_erasure_request_fires_a_refresh_too(tmp_path: Path):
+    """refresh_triggers forgets first: a request is honoured within minutes, not at 02:00."""
+    write(tmp_path, "orders/date=2026-11-30/part-0.parquet")
+    trigger = LandingFilesTrigger(str(tmp_path), poll_seconds=POLL_S)
+    trigger.asset_state_store = StateStore()
+
+    def request(poll: int) -> None:
+        if poll == 3:
+            write(tmp_path, "erasure_requests/2026-12-01.csv", "email\njane@example.org\n")
+
+    fired = asyncio.run(events(trigger, 30, request))
+
+    assert [event["files"] for event in fired] == [["erasure_requests/2026-12-01.csv"]]
+
+
 def test_a_restarted_watcher_fires_for_what_landed_meanwhile_and_not_again(tmp_path: Path):
     write(tmp_path, "orders/a.csv")
     store = StateStore()

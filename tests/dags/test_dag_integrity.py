@@ -325,7 +325,7 @@ def test_refresh_triggers_runs_on_landing_files_through_the_gates_before_the_poo
     (watcher,) = asset.watchers
     assert isinstance(watcher.trigger, LandingFilesTrigger)
     assert watcher.trigger.landing_dir == str(load_settings().landing_dir)
-    order = ["ingest", "raw_gate", "evaluate", "triggers_gate", "publish"]
+    order = ["forget_requested", "ingest", "raw_gate", "evaluate", "triggers_gate", "publish"]
     for upstream, task_id in zip(order, order[1:], strict=False):
         assert upstream in dag.get_task(task_id).upstream_task_ids, task_id
     for task in dag.tasks:
