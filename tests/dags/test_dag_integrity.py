@@ -1,4 +1,4 @@
-"""Every DAG file imports cleanly and follows the project's rules (STYLE.md, DESIGN.md)."""
+"""Every DAG file imports cleanly and follows the project's rules for DAGs (docs/operations.md)."""
 
 from __future__ import annotations
 
