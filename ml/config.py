@@ -213,6 +213,10 @@ class Settings:
         return self.data_dir / "exports"
 
     @property
+    def trigger_exports_dir(self) -> Path:
+        return self.exports_dir / "triggers"
+
+    @property
     def reports_dir(self) -> Path:
         return self.data_dir / "reports"
 

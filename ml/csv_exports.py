@@ -12,9 +12,9 @@ stay as they are (a negative number stays `-3.5`). A column of numbers formatted
 `printf` in the select) is text and gets the rule too, so format only values that cannot be
 negative, or leave numbers as numbers.
 
-The rule runs inside DuckDB as a CASE over each text column of the select (read by DESCRIBE),
-so a million-row export costs a projection, plus one aggregate pass to count the cells that
-were changed (the manifests record the count).
+The rule runs inside DuckDB as a CASE over each text column of the select (read by DESCRIBE):
+the select runs once into a temporary table, which the file is written from and the changed
+cells are counted in (the manifests record the count).
 """
 
 from __future__ import annotations
@@ -83,24 +83,30 @@ def write_csv(
     """The query's rows as a CSV file (header, commas, `\\n`), with the spreadsheet formula rule
     applied to its text columns, in the select's order. `private`: readable by its owner only
     (files with e-mail addresses). Returns the rows written and the cells neutralised."""
-    columns = text_columns(con, select, params)
-    text = [_identifier(name) for name, is_text in columns if is_text]
-    written = ", ".join(
-        f"{neutralised(_identifier(name))} AS {_identifier(name)}" if is_text else _identifier(name)
-        for name, is_text in columns
-    )
-    # Only a projection over the select: DuckDB keeps the select's order of rows.
-    target = str(path).replace("'", "''")
-    rows = con.execute(
-        f"COPY (SELECT {written} FROM ({select}) AS csv_rows) TO '{target}' ({CSV_OPTIONS})",
-        params,
-    ).fetchone()[0]
-    cells = 0
-    if text and rows:
-        counts = " + ".join(
-            f"count(*) FILTER (WHERE {_starts_like_a_formula(column)})" for column in text
+    # The select runs once (an export's join is the costly part): the file and the count of
+    # neutralised cells are both read from its rows, kept in order of insertion.
+    con.execute(f"CREATE OR REPLACE TEMP TABLE csv_rows AS {select}", params)
+    try:
+        columns = text_columns(con, "SELECT * FROM csv_rows", [])
+        text = [_identifier(name) for name, is_text in columns if is_text]
+        written = ", ".join(
+            f"{neutralised(_identifier(name))} AS {_identifier(name)}"
+            if is_text
+            else _identifier(name)
+            for name, is_text in columns
         )
-        cells = con.execute(f"SELECT {counts} FROM ({select}) AS csv_rows", params).fetchone()[0]
+        target = str(path).replace("'", "''")
+        rows = con.execute(
+            f"COPY (SELECT {written} FROM csv_rows) TO '{target}' ({CSV_OPTIONS})"
+        ).fetchone()[0]
+        cells = 0
+        if text and rows:
+            counts = " + ".join(
+                f"count(*) FILTER (WHERE {_starts_like_a_formula(column)})" for column in text
+            )
+            cells = con.execute(f"SELECT {counts} FROM csv_rows").fetchone()[0]
+    finally:
+        con.execute("DROP TABLE IF EXISTS csv_rows")
     if private:
         path.chmod(0o600)
     return WrittenCsv(rows=rows, cells_neutralised=int(cells))

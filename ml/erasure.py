@@ -29,7 +29,6 @@ import datetime as dt
 import json
 import logging
 import os
-import re
 import time
 import uuid
 from collections import Counter
@@ -173,8 +172,7 @@ def _resolve(con: duckdb.DuckDBPyConnection, ids: set[str], emails: set[str]) ->
         "INSERT INTO asked VALUES (?, ?)",
         [(CUSTOMER_ID, value) for value in ids] + [(EMAIL, value) for value in emails],
     )
-    tables = {name for (_, name) in _tables(con)}
-    if "customer_versions" not in tables:
+    if not _has_table(con, "raw", "customer_versions"):
         return Identities(frozenset(ids), frozenset(emails))
     rows = con.execute(
         """SELECT DISTINCT trim(customer_id), lower(trim(email)) FROM raw.customer_versions
@@ -187,10 +185,9 @@ def _resolve(con: duckdb.DuckDBPyConnection, ids: set[str], emails: set[str]) ->
 
 
 def _text_pattern(identities: Identities) -> str:
-    """RE2 pattern for an identity inside text, not inside a longer name (case-insensitive)."""
-    names = sorted((*identities.customer_ids, *identities.emails), key=len, reverse=True)
-    alternatives = "|".join(re.escape(name) for name in names)
-    return f"(?i)(^|[^{NAME_CHARACTERS}])({alternatives})($|[^{NAME_CHARACTERS}])"
+    """`Identities.pattern` for DuckDB's RE2, which has no look-around: the characters around
+    the identity are groups 1 and 3, kept by a replacement."""
+    return f"(?i)(^|[^{NAME_CHARACTERS}])({identities.alternatives()})($|[^{NAME_CHARACTERS}])"
 
 
 def _is_text(kind: str) -> bool:

@@ -52,12 +52,16 @@ class Identities:
         text = value.strip()
         return text in self.customer_ids or text.lower() in self.emails or text in self.pseudonyms
 
+    def alternatives(self) -> str:
+        """The ids and addresses as regular-expression alternatives, longest first."""
+        names = sorted((*self.customer_ids, *self.emails), key=len, reverse=True)
+        return "|".join(re.escape(name) for name in names)
+
     def pattern(self) -> re.Pattern[str]:
         """Finds an identity inside text, case-insensitively, but not inside a longer name."""
-        names = sorted((*self.customer_ids, *self.emails), key=len, reverse=True)
-        alternatives = "|".join(re.escape(name) for name in names)
         return re.compile(
-            f"(?<![{NAME_CHARACTERS}])(?:{alternatives})(?![{NAME_CHARACTERS}])", re.IGNORECASE
+            f"(?<![{NAME_CHARACTERS}])(?:{self.alternatives()})(?![{NAME_CHARACTERS}])",
+            re.IGNORECASE,
         )
 
 

@@ -76,14 +76,6 @@ KINDS = {
     "reports": ("reports_days", "SEGFLOW_RETENTION_REPORTS_DAYS"),
 }
 """Each kind of thing kept: its field of RetentionSettings and its environment variable."""
-SEGMENT_TABLES = (
-    "customer_segments",
-    "audience_members",
-    "audience_definitions",
-    "not_applicable_models",
-)
-"""A date's scoring and publication tables (ml.score.DATED_TABLES; a test keeps them equal,
-so that this module needs no scikit-learn)."""
 FEATURE_MARTS = ("customer_features", "training_labels")
 EXPIRED_SUFFIX = ".expired"
 DATE_NAME = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -205,7 +197,9 @@ def _raw_history(con: duckdb.DuckDBPyConnection, kind: KindReport, dry_run: bool
 
 
 def _published_history(con: duckdb.DuckDBPyConnection, kind: KindReport, dry_run: bool) -> None:
-    dated = [(schema, name) for schema in ("published", "staging") for name in SEGMENT_TABLES]
+    from ml.score import DATED_TABLES  # scikit-learn: only when retention runs
+
+    dated = [(schema, name) for schema in ("published", "staging") for name in DATED_TABLES]
     dated += [("marts", name) for name in FEATURE_MARTS]
     for schema, name in dated:
         if table_exists(con, schema, name):
@@ -339,11 +333,6 @@ def _expire_all_but_newest(
             continue
         _remove_folder(path, dry_run)
         kind.removed.append(_relative(settings, path))
-
-
-def trigger_exports_root(settings: Settings) -> Path:
-    """ml.trigger_exports.trigger_exports_dir (a test keeps them equal)."""
-    return settings.exports_dir / "triggers"
 
 
 def _aliased_training_sets(settings: Settings) -> dict[str, list[str]]:
@@ -498,7 +487,7 @@ def apply_retention(
     )
     _expire_all_but_newest(
         settings,
-        trigger_exports_root(settings),
+        settings.trigger_exports_dir,
         _refresh_date,
         kinds["trigger_exports"],
         dry_run,

@@ -58,10 +58,6 @@ TRIGGER_EXPORT_COLUMNS = {
 SUPPRESSIONS_FILE = "suppressions.csv"
 
 
-def trigger_exports_dir(settings: Settings) -> Path:
-    return settings.exports_dir / "triggers"
-
-
 def _write_exports(
     con: duckdb.DuckDBPyConnection,
     refresh_id: str,
@@ -181,7 +177,7 @@ def _create_publishable(
 def publish_refresh(settings: Settings, refresh_id: str, run_id: str) -> dict:
     """Publish the staged refresh (gated before): rows and export folder together. Returns the
     manifest (without files when there was nothing to export)."""
-    root = trigger_exports_dir(settings)
+    root = settings.trigger_exports_dir
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     final = root / refresh_id
     built = root / f".{refresh_id}.{uuid.uuid4().hex}.building"

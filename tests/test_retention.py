@@ -458,11 +458,3 @@ def test_housekeeping_command_prints_the_report(
     assert "retention as of 2026-06-30: removed" in capsys.readouterr().out
     assert not (populated.exports_dir / "2026-01-01").exists()
 
-
-def test_the_names_retention_relies_on_match_their_modules(settings: Settings):
-    from ml.retention import SEGMENT_TABLES, trigger_exports_root
-    from ml.score import DATED_TABLES
-    from ml.trigger_exports import trigger_exports_dir
-
-    assert tuple(DATED_TABLES) == SEGMENT_TABLES
-    assert trigger_exports_root(settings) == trigger_exports_dir(settings)

@@ -17,7 +17,7 @@ from ml.config import Settings
 from ml.contract import ENTITY_BY_NAME, PLAIN_ADDRESS_PATTERN
 from ml.features import DBT_PROJECT_DIR, dbt_environment
 from ml.publish import publish_segments
-from ml.trigger_exports import publish_refresh, trigger_exports_dir
+from ml.trigger_exports import publish_refresh
 from ml.triggers import TriggerError, load_triggers, stage_refresh
 from ml.warehouse import connect
 from tests.test_publish import AS_OF, export_files, staged  # noqa: F401  (a fixture)
@@ -168,7 +168,7 @@ def test_a_refresh_exports_exactly_the_customers_its_new_events_enter(published:
 
     manifest = refresh(published, T0)
 
-    folder = trigger_exports_dir(published) / "20260701T120000Z"
+    folder = published.trigger_exports_dir / "20260701T120000Z"
     assert manifest["exports_dir"] == str(folder)
     recent = read_export(folder, "recent_buyer.csv")
     expected = sorted(c for c in buyers if holdout("recent_buyer", c) >= 0.5)
@@ -230,7 +230,7 @@ def test_nothing_new_publishes_no_folder_and_an_old_refresh_is_refused(published
     assert Path(first["exports_dir"]).is_dir()
     quiet = refresh(published, T0 + dt.timedelta(minutes=5))
     assert quiet["exports_dir"] is None and quiet["members"] == quiet["suppressions"] == 0
-    assert sorted(p.name for p in trigger_exports_dir(published).iterdir()) == ["20260701T120000Z"]
+    assert sorted(p.name for p in published.trigger_exports_dir.iterdir()) == ["20260701T120000Z"]
     with pytest.raises(TriggerError, match="published already"):
         stage_refresh(published, T0 + dt.timedelta(minutes=1))
     # Publishing the same refresh again (a retried task) changes nothing.
