@@ -457,4 +457,3 @@ def test_housekeeping_command_prints_the_report(
     assert main(["housekeeping", "--today", "2026-06-30"]) == 0
     assert "retention as of 2026-06-30: removed" in capsys.readouterr().out
     assert not (populated.exports_dir / "2026-01-01").exists()
-
