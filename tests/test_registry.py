@@ -129,7 +129,9 @@ def test_the_gate_needs_the_baseline_beaten_and_the_champion_not_beaten_by_much(
     assert (status, move) == ("failed", False)
 
 
-def copy_registry(trained: Settings, into: Path, auto_promote: bool) -> Settings:
+def copy_registry(
+    trained: Settings, into: Path, auto_promote: bool, tolerance: float = 0.01
+) -> Settings:
     """The trained store's registry, copied: promotions there leave the shared one alone."""
     store = Path(trained.mlflow_tracking_uri.removeprefix("sqlite:///"))
     shutil.copy(store, into / "mlflow.db")
@@ -139,6 +141,7 @@ def copy_registry(trained: Settings, into: Path, auto_promote: bool) -> Settings
             "SEGFLOW_LANDING_DIR": str(trained.landing_dir),
             "MLFLOW_TRACKING_URI": f"sqlite:///{into / 'mlflow.db'}",
             "SEGFLOW_AUTO_PROMOTE": str(auto_promote).lower(),
+            "SEGFLOW_PROMOTION_TOLERANCE": str(tolerance),
         }
     )
 
@@ -159,7 +162,13 @@ def register_challenger(settings: Settings, kind: str, model, features: list[str
 def test_a_challenger_worse_than_the_champion_is_not_promoted(
     trained_settings: Settings, tmp_path: Path
 ):
-    registry_copy = copy_registry(trained_settings, tmp_path, auto_promote=True)
+    # The scores move a little with the session's pseudonym key (it orders the rows the
+    # boosting's early stopping samples from): a small tolerance keeps the weak model's gap
+    # to the champion (0.0066 at the smallest seen) clearly beyond it.
+    tolerance = 0.002
+    registry_copy = copy_registry(
+        trained_settings, tmp_path, auto_promote=True, tolerance=tolerance
+    )
     kind = "purchase_propensity"
     champion_before = registry.alias_version(registry_copy, kind, registry.CHAMPION)
     # Three RFM columns in a logistic regression: better than the RFM score alone, well
@@ -177,7 +186,7 @@ def test_a_challenger_worse_than_the_champion_is_not_promoted(
     decision = registry.promote(registry_copy, kind, version)
 
     scores = decision["scores"]
-    assert scores["baseline"] < scores["challenger"] < scores["champion"] - 0.01, scores
+    assert scores["baseline"] < scores["challenger"] < scores["champion"] - tolerance, scores
     assert decision["status"] == "failed"
     assert "worse than champion" in decision["reason"]
     assert registry.alias_version(registry_copy, kind, registry.CHAMPION) == champion_before
