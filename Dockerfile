@@ -8,7 +8,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # The same uid as Airflow's official image; the folders that become named volumes belong to it,
-# so a fresh volume does too. The data and artifact folders are its only (ml/permissions.py).
+# so a fresh volume does too. The data and artifact folders are its only (ml/privacy/permissions.py).
 RUN useradd --uid 50000 --gid 0 --home-dir /opt/airflow --create-home segflow \
     && mkdir -p /opt/segflow /data /opt/airflow/logs /mlflow/artifacts \
     && chown segflow:0 /opt/segflow /data /opt/airflow/logs /mlflow/artifacts \

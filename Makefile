@@ -2,7 +2,7 @@
 # `make test` runs the tests. `make help` lists the rest.
 SHELL := /bin/bash
 # Every recipe runs under umask 077, and so does what it starts (segflow, dbt, airflow
-# standalone, mlflow server): what they create is readable by its owner only (ml/permissions.py).
+# standalone, mlflow server): what they create is readable by its owner only (ml/privacy/permissions.py).
 # Recipes are run as `bash -c 'umask 077 && eval "$1"' segflow-make '<recipe>'`.
 .SHELLFLAGS := -c 'umask 077 && eval "$$1"' segflow-make
 .DEFAULT_GOAL := help
@@ -110,7 +110,7 @@ demo:
 
 define CHECK_AS_OF
 import sys
-from ml.orchestration import AsOfDateError, runnable_as_of
+from ml.orchestration.dag_defaults import AsOfDateError, runnable_as_of
 try:
     runnable_as_of(sys.argv[1])
 except AsOfDateError as error:
@@ -121,7 +121,7 @@ export CHECK_AS_OF
 # `airflow dags test` reports success even when it ran no task: the run's task states decide.
 define CHECK_RUN_RAN
 import json, sys
-from ml.orchestration import RunDidNotRun, check_run_ran
+from ml.orchestration.dag_defaults import RunDidNotRun, check_run_ran
 try:
     print(check_run_ran(json.load(sys.stdin), required_task="publish"))
 except RunDidNotRun as error:
@@ -148,7 +148,7 @@ run: $(AIRFLOW_READY)
 
 define CHECK_DATE_RANGE
 import sys
-from ml.orchestration import AsOfDateError, runnable_as_of
+from ml.orchestration.dag_defaults import AsOfDateError, runnable_as_of
 try:
     start, end = (runnable_as_of(value) for value in sys.argv[1:3])
 except AsOfDateError as error:

@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="keep the shop here (default: a temp dir)")
     args = parser.parse_args()
 
-    from ml.deliveries import generate_as_exported
+    from ml.synthetic.deliveries import generate_as_exported
 
     work = args.work or Path(tempfile.mkdtemp(prefix="segflow-delivery-check-"))
     env = bench_env(work)

@@ -43,12 +43,12 @@ def _settings(root: Path):
 
 def _daily_runs(settings, dates: list[dt.date]) -> dict:
     """segment_pipeline's steps after the gates, for each date: dbt, score, publish, monitor."""
-    from ml.features import dbt_vars, run_dbt_commands
-    from ml.ingest import ingest_landing
-    from ml.monitoring import monitor
-    from ml.publish import publish_segments
-    from ml.score import score_customers
-    from ml.text_signal import score_review_sentiment
+    from ml.features.dbt import dbt_vars, run_dbt_commands
+    from ml.features.text_signal import score_review_sentiment
+    from ml.ingest.loader import ingest_landing
+    from ml.monitoring.monitor import monitor
+    from ml.segments.publish import publish_segments
+    from ml.segments.score import score_customers
 
     ingest_landing(settings, as_of=max(dates))
     score_review_sentiment(settings, max(dates))
@@ -75,7 +75,7 @@ def _worst(result, check: str, statistic: str) -> str:
 
 
 def _table(results: dict) -> list[str]:
-    from ml.monitoring import describe
+    from ml.monitoring.monitor import describe
 
     lines = [
         "| date | alert | largest feature PSI | largest feature KS | largest score PSI | "
@@ -101,9 +101,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="keep the shops here (default: a temp dir)")
     args = parser.parse_args()
 
-    from ml.ingest import ingest_landing
-    from ml.synthetic import generate
-    from ml.train import train_all
+    from ml.ingest.loader import ingest_landing
+    from ml.models.train import train_all
+    from ml.synthetic.shop import generate
 
     started = time.perf_counter()
     root = args.work or Path(tempfile.mkdtemp(prefix="segflow-drift-check-"))

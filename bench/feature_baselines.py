@@ -13,7 +13,7 @@ the day after the as-of date, completed orders only (no status counts as complet
 ending at that cutoff, opens and clicks counted once per campaign, rates capped at 1, RFM
 quintiles by percent rank over every buyer, most-frequent values with ties to the smallest.
 They cover every column of the mart but `avg_review_sentiment`, which needs the review text
-model (ml/text_signal.py) and the table it writes, not raw data.
+model (ml/features/text_signal.py) and the table it writes, not raw data.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ml.config import Settings, load_settings
-from ml.warehouse import connect
+from ml.warehouse.connection import connect
 
 CORE_FEATURES = (
     # RFM

@@ -137,7 +137,7 @@ def snapshot_commands(env: dict[str, str]) -> list[list[str]]:
     """What the daily runs of the snapshot dates would have left: features and labels as of
     each date `segflow train` as of END_DATE reads, so `train` is the weekly steady state."""
     from ml.config import load_settings
-    from ml.training_sets import plan_snapshots
+    from ml.models.training_sets import plan_snapshots
 
     plan = plan_snapshots(load_settings(env), END_DATE)
     return [
@@ -151,7 +151,7 @@ def feature_comparisons(env: dict[str, str], work: Path, stages: list[str]) -> d
     dbt (what the pipeline runs: one process, parse included), one hand-written DuckDB query,
     pandas. The query's rows are checked against the mart, so the floor computes the same."""
     from ml.config import load_settings
-    from ml.features import dbt_vars
+    from ml.features.dbt import dbt_vars
 
     baselines = str(PROJECT / "bench" / "feature_baselines.py")
     target = work / "dbt-target-bench"
@@ -250,7 +250,7 @@ def wait_for(what: str, condition, timeout_s: float = 600, every_s: float = 0.2)
 def timed_increment(env: dict[str, str], work: Path) -> dict:
     """One increment of the last 3 hours dropped into the landing zone; seconds from its last
     file landing to the refresh's manifest, and the refresh's task times."""
-    from ml.synthetic import generate_increment
+    from ml.synthetic.shop import generate_increment
 
     exports = work / "data" / "exports" / "triggers"
     before = set(exports.iterdir()) if exports.exists() else set()

@@ -3,9 +3,9 @@
 
 Trigger segments within minutes of new behaviour: recent buyers, cart and browse abandoners,
 win-back openers, and immediate suppression on unsubscribe, complaint or bounce (the
-`triggers:` of the audience file, ml/triggers.py).
+`triggers:` of the audience file, ml/triggers/refresh.py).
 
-Scheduled on the asset `landing_files`: its asset watcher (ml/landing_watch.py, run by Airflow's
+Scheduled on the asset `landing_files`: its asset watcher (ml/orchestration/landing_watch.py, run by Airflow's
 triggerer) fires when new files have settled in the landing zone, and each event starts a run.
 No manual trigger and no polling schedule are involved; events that arrive during a run start
 one more run after it.
@@ -40,8 +40,7 @@ import ml  # noqa: F401  (first: it switches off telemetry before any library is
 from airflow.sdk import Asset, AssetWatcher, dag, task
 
 from ml.config import load_settings
-from ml.landing_watch import LandingFilesTrigger
-from ml.orchestration import (
+from ml.orchestration.dag_defaults import (
     DAG_START_DATE,
     DEFAULT_ARGS,
     PUBLISHED_TRIGGERS,
@@ -51,6 +50,7 @@ from ml.orchestration import (
     VALIDATION_RESULTS,
     WAREHOUSE_TASK,
 )
+from ml.orchestration.landing_watch import LandingFilesTrigger
 
 SETTINGS = load_settings()
 LANDING_FILES = Asset(
@@ -84,7 +84,7 @@ def refresh_triggers():
     @task(**REFRESH_TASK)
     def forget_requested() -> dict | None:
         """Forget the customers named in the landing folder's erasure requests."""
-        from ml.erasure import forget_requested as forget_waiting_requests
+        from ml.privacy.erasure import forget_requested as forget_waiting_requests
 
         result = forget_waiting_requests(load_settings())
         return None if result is None else result.as_dict()
@@ -92,7 +92,7 @@ def refresh_triggers():
     @task(**REFRESH_TASK, outlets=RAW_TABLES)
     def ingest() -> str:
         """Load the new landing files into raw; returns the load time, the refresh's clock."""
-        from ml.ingest import ingest_landing
+        from ml.ingest.loader import ingest_landing
 
         now = dt.datetime.now(dt.UTC)
         report = ingest_landing(load_settings(), as_of=now.date(), loaded_at=now)
@@ -102,7 +102,7 @@ def refresh_triggers():
     def raw_gate(loaded_at: str) -> None:
         """The raw gate on the rows no gate has judged yet. A bad file or stale orders do not
         stop a refresh (they stop the daily run): the good files' unsubscribes count now."""
-        from ml.quality import run_raw_gate
+        from ml.quality.gates import run_raw_gate
 
         moment = dt.datetime.fromisoformat(loaded_at)
         run_raw_gate(load_settings(), as_of=moment.date(), loaded_at=moment, daily=False)
@@ -110,7 +110,7 @@ def refresh_triggers():
     @task(**REFRESH_TASK, inlets=RAW_TABLES, outlets=STAGED_TRIGGERS)
     def evaluate(loaded_at: str) -> str:
         """Stage the triggers' new members and the new suppressions; returns the refresh id."""
-        from ml.triggers import stage_refresh
+        from ml.triggers.refresh import stage_refresh
 
         summary = stage_refresh(load_settings(), dt.datetime.fromisoformat(loaded_at))
         return summary["refresh_id"]
@@ -118,14 +118,14 @@ def refresh_triggers():
     @task(**REFRESH_TASK, retries=0, outlets=[VALIDATION_RESULTS])
     def triggers_gate(refresh_id: str) -> None:
         """Great Expectations on the staged refresh: a failure stops the publish."""
-        from ml.quality import run_triggers_gate
+        from ml.quality.gates import run_triggers_gate
 
         run_triggers_gate(load_settings(), refresh_id)
 
     @task(**REFRESH_TASK, outlets=[*PUBLISHED_TRIGGERS, TRIGGER_EXPORTS])
     def publish(refresh_id: str, run_id=None) -> dict:
         """Publish the delta export and the memberships together."""
-        from ml.trigger_exports import publish_refresh
+        from ml.triggers.exports import publish_refresh
 
         return publish_refresh(load_settings(), refresh_id, run_id)
 

@@ -35,7 +35,7 @@ The daily run of segflow for one as-of date (the day of the run's logical date, 
 12. **drift_alert**: when a check alerts, emits the `drift_alert` asset with the reasons, which
     schedules train_models for the models concerned; skipped otherwise, and for backfill runs
     (a backfill records its alerts but retrains nothing).
-13. **housekeeping**: retention (`ml/retention.py`, `SEGFLOW_RETENTION_*`): what is older
+13. **housekeeping**: retention (`ml/privacy/retention.py`, `SEGFLOW_RETENTION_*`): what is older
     than its limit as of the date goes (superseded raw versions, published and feature rows of
     old dates, quarantine, export folders, training sets no aliased model needs, reports);
     returns what was removed. Docs: docs/operations.md, "What is kept, and for how long".
@@ -58,8 +58,8 @@ from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, 
 from cosmos.constants import InvocationMode, LoadMode, TestBehavior
 
 from ml.config import load_settings
-from ml.features import DBT_EXECUTABLE, DBT_PROJECT_DIR, dbt_environment
-from ml.orchestration import (
+from ml.features.dbt import DBT_EXECUTABLE, DBT_PROJECT_DIR, dbt_environment
+from ml.orchestration.dag_defaults import (
     AUDIENCE_EXPORTS,
     DAG_START_DATE,
     DEFAULT_ARGS,
@@ -80,7 +80,7 @@ from ml.orchestration import (
     resolve_as_of,
 )
 
-# The same date the Python tasks resolve (ml.orchestration.resolve_as_of), in Jinja for dbt.
+# The same date the Python tasks resolve (ml.orchestration.dag_defaults.resolve_as_of), in Jinja for dbt.
 AS_OF_TEMPLATE = "{{ params.as_of_date or (logical_date or data_interval_start) | ds }}"
 SETTINGS = load_settings()
 
@@ -100,7 +100,7 @@ def segment_pipeline():
     @task(**WAREHOUSE_TASK)
     def forget_requested() -> dict | None:
         """Forget the customers named in the landing folder's erasure requests."""
-        from ml.erasure import forget_requested as forget_waiting_requests
+        from ml.privacy.erasure import forget_requested as forget_waiting_requests
 
         result = forget_waiting_requests(load_settings())
         return None if result is None else result.as_dict()
@@ -109,7 +109,7 @@ def segment_pipeline():
     def ingest(params=None, data_interval_start=None, logical_date=None) -> str:
         """Load new landing files up to the as-of date into raw; quarantine bad rows.
         Returns the load time that marks this run's files, for the raw gate."""
-        from ml.ingest import ingest_landing
+        from ml.ingest.loader import ingest_landing
 
         report = ingest_landing(
             load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
@@ -120,7 +120,7 @@ def segment_pipeline():
     def raw_gate(loaded_at: str, params=None, data_interval_start=None, logical_date=None) -> None:
         """Quarantine share and the raw suites on this run's rows: a failure stops the run.
         No retries: the same data fails the same way."""
-        from ml.quality import run_raw_gate
+        from ml.quality.gates import run_raw_gate
 
         run_raw_gate(
             load_settings(),
@@ -132,7 +132,7 @@ def segment_pipeline():
     @task(**WAREHOUSE_TASK, retries=0, outlets=[VALIDATION_RESULTS, *FEATURE_MARTS])
     def features_gate(params=None, data_interval_start=None, logical_date=None) -> None:
         """The customer_features suite for the date: a failure stops the run."""
-        from ml.quality import run_features_gate
+        from ml.quality.gates import run_features_gate
 
         run_features_gate(
             load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
@@ -141,7 +141,7 @@ def segment_pipeline():
     @task(**WAREHOUSE_TASK, outlets=[REVIEW_SENTIMENT])
     def score_review_texts(params=None, data_interval_start=None, logical_date=None) -> int:
         """Score review texts written up to the as-of date that have no score yet."""
-        from ml.text_signal import score_review_sentiment
+        from ml.features.text_signal import score_review_sentiment
 
         return score_review_sentiment(
             load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
@@ -188,7 +188,7 @@ def segment_pipeline():
     def ensure_champions(params=None, data_interval_start=None, logical_date=None) -> list[str]:
         """Cold start: train the models that have no champion yet (a model not applicable
         waits for the next scheduled training). Returns what was missing."""
-        from ml.train import ensure_champions
+        from ml.models.train import ensure_champions
 
         with fail_at_once_on_lasting_errors():
             return ensure_champions(
@@ -198,7 +198,7 @@ def segment_pipeline():
     @task(**WAREHOUSE_TASK, inlets=[*FEATURE_MARTS, *REGISTERED_MODELS], outlets=STAGED_SEGMENTS)
     def score(params=None, data_interval_start=None, logical_date=None) -> int:
         """Score the date's customers with the champions into staging.customer_segments."""
-        from ml.score import score_customers
+        from ml.segments.score import score_customers
 
         return score_customers(
             load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
@@ -207,7 +207,7 @@ def segment_pipeline():
     @task(**WAREHOUSE_TASK, retries=0, outlets=[VALIDATION_RESULTS])
     def segments_gate(params=None, data_interval_start=None, logical_date=None) -> None:
         """The customer_segments suite on the staged rows: a failure stops the publish."""
-        from ml.quality import run_segments_gate
+        from ml.quality.gates import run_segments_gate
 
         run_segments_gate(
             load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
@@ -216,7 +216,7 @@ def segment_pipeline():
     @task(**WAREHOUSE_TASK, outlets=[*PUBLISHED_SEGMENTS, AUDIENCE_EXPORTS])
     def publish(params=None, data_interval_start=None, logical_date=None, run_id=None) -> dict:
         """Swap the gated rows into published.customer_segments and move the exports in place."""
-        from ml.publish import publish_segments
+        from ml.segments.publish import publish_segments
 
         return publish_segments(
             load_settings(),
@@ -229,7 +229,7 @@ def segment_pipeline():
     @task(**WAREHOUSE_TASK, outlets=[SEGMENT_REPORT])
     def segment_report(params=None, data_interval_start=None, logical_date=None) -> str:
         """The run's segment report (HTML under the reports folder, and in MLflow)."""
-        from ml.segment_report import write_segment_report
+        from ml.segments.report import write_segment_report
 
         return str(
             write_segment_report(
@@ -240,7 +240,7 @@ def segment_pipeline():
     @task(**WAREHOUSE_TASK, outlets=[*MONITORING_TABLES, DRIFT_REPORT])
     def monitor(params=None, data_interval_start=None, logical_date=None) -> dict:
         """Drift and realized performance for the date; returns the alert (empty reasons: none)."""
-        from ml.monitoring import monitor
+        from ml.monitoring.monitor import monitor
 
         result = monitor(
             load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
@@ -254,7 +254,7 @@ def segment_pipeline():
 
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from ml.monitoring import describe
+        from ml.monitoring.monitor import describe
 
         if not verdict["reasons"]:
             raise AirflowSkipException(f"no drift alert for {verdict['as_of_date']}")
@@ -276,7 +276,7 @@ def segment_pipeline():
     @task(**WAREHOUSE_TASK)
     def housekeeping(params=None, data_interval_start=None, logical_date=None) -> dict:
         """Remove what is older than its retention limit as of the date; returns the report."""
-        from ml.retention import apply_retention
+        from ml.privacy.retention import apply_retention
 
         return apply_retention(
             load_settings(), today=resolve_as_of(params, data_interval_start, logical_date)

@@ -31,7 +31,7 @@ from __future__ import annotations
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
 from ml.config import load_settings
-from ml.orchestration import (
+from ml.orchestration.dag_defaults import (
     DAG_START_DATE,
     DEFAULT_ARGS,
     DRIFT_ALERT,
@@ -78,7 +78,7 @@ def train_models():
     ) -> str:
         """Snapshots of features and labels up to the as-of date, as Parquet (dbt builds the
         missing ones, hence the warehouse pool)."""
-        from ml.training_sets import build_training_set
+        from ml.models.training_sets import build_training_set
 
         drift = drift_request(triggering_asset_events)
         if drift and not params.get("as_of_date"):
@@ -95,7 +95,7 @@ def train_models():
         applicable when the training set cannot support it."""
         from pathlib import Path
 
-        from ml.train import train_and_register
+        from ml.models.train import train_and_register
 
         with fail_at_once_on_lasting_errors():
             return train_and_register(load_settings(), kind, Path(training_set_dir))
@@ -103,7 +103,7 @@ def train_models():
     @task(outlets=REGISTERED_MODELS)
     def promote(trained: dict) -> dict:
         """The promotion gate for one new version (a model not applicable has none)."""
-        from ml.registry import promote
+        from ml.models.registry import promote
 
         if trained["not_applicable"]:
             return {
@@ -125,7 +125,7 @@ def train_models():
     def models_to_train(params=None, triggering_asset_events=None) -> list[str]:
         import logging
 
-        from ml.monitoring import describe
+        from ml.monitoring.monitor import describe
 
         drift = drift_request(triggering_asset_events)
         if drift is None:

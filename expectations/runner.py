@@ -30,8 +30,8 @@ import pandas as pd
 
 from ml.config import Settings
 from ml.contract import PERSONAL_COLUMNS
-from ml.quality import QualityGateFailed
-from ml.warehouse import connect
+from ml.quality.gates import QualityGateFailed
+from ml.warehouse.connection import connect
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import great_expectations as gx
 from great_expectations import expectations as gxe
 
 from ml.config import QualityThresholds
-from ml.consent import SUPPRESSION_REASONS
 from ml.contract import ENTITY_BY_NAME
-from ml.features import RFM_SEGMENTS
+from ml.features.dbt import RFM_SEGMENTS
+from ml.segments.consent import SUPPRESSION_REASONS
 
 ERROR, WARN = "error", "warn"
 
@@ -66,7 +66,7 @@ def _mean_guard(
 
 def raw_suite(entity_name: str, loaded_before: dt.datetime) -> gx.ExpectationSuite:
     """The contract, once more, on what ingestion loaded: a second line of defence (freshness,
-    which no row can show, is ml.quality's check)."""
+    which no row can show, is ml.quality.gates's check)."""
     entity = ENTITY_BY_NAME[entity_name]
     bookkeeping = ["_extra", "_source_file", "_source_row", "_loaded_at"]
     if entity.versioned:
@@ -229,7 +229,7 @@ def segments_suite(
 ) -> gx.ExpectationSuite:
     """The scored segments of one date, in staging, before they are published. A model kind in
     `not_applicable` scored nobody: its score and model version columns must be empty."""
-    from ml.score import OUTPUT_COLUMNS
+    from ml.segments.score import OUTPUT_COLUMNS
 
     empty = {OUTPUT_COLUMNS[kind] for kind in not_applicable}
     checks = [

@@ -4,7 +4,7 @@ Customer data never phones home: every process that imports this package switche
 usage telemetry of the libraries it drives (a deployment may still set these explicitly).
 
 Customer data is its owner's only: every process that imports this package creates files and
-folders that group and others cannot read, and so do the processes it starts (ml/permissions.py).
+folders that group and others cannot read, and so do the processes it starts (ml/privacy/permissions.py).
 """
 
 import os
@@ -25,7 +25,7 @@ OWNER_ONLY_UMASK = 0o077
 os.umask(os.umask(OWNER_ONLY_UMASK) | OWNER_ONLY_UMASK)
 
 # Passwords and tokens never reach a log line: every log record this process creates passes
-# through the one masking rule (ml/secret_masking.py).
-from ml.secret_masking import install_log_masking  # noqa: E402
+# through the one masking rule (ml/privacy/secret_masking.py).
+from ml.privacy.secret_masking import install_log_masking  # noqa: E402
 
 install_log_masking()

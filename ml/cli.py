@@ -14,21 +14,21 @@ import traceback
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ml.audiences import AudienceError
 from ml.config import ConfigError, load_settings
-from ml.erasure import ErasureError
-from ml.features import FeatureBuildError
-from ml.ingest import ContractViolation
-from ml.monitoring import MonitoringError
-from ml.permissions import secure_data_dir
-from ml.publish import PublishError
-from ml.quality import QualityGateFailed
-from ml.readout import ReadoutError
-from ml.registry import NoChampion
-from ml.score import ScoringError
-from ml.secret_masking import mask_secrets
-from ml.training_sets import TrainingSetError
-from ml.triggers import TriggerError
+from ml.features.dbt import FeatureBuildError
+from ml.ingest.loader import ContractViolation
+from ml.models.registry import NoChampion
+from ml.models.training_sets import TrainingSetError
+from ml.monitoring.monitor import MonitoringError
+from ml.privacy.erasure import ErasureError
+from ml.privacy.permissions import secure_data_dir
+from ml.privacy.secret_masking import mask_secrets
+from ml.quality.gates import QualityGateFailed
+from ml.segments.audiences import AudienceError
+from ml.segments.publish import PublishError
+from ml.segments.readout import ReadoutError
+from ml.segments.score import ScoringError
+from ml.triggers.refresh import TriggerError
 
 
 def _date(text: str) -> dt.date:
@@ -116,7 +116,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if args.as_exported:
         _generate_as_exported(args, shop, started)
         return
-    from ml.synthetic import generate
+    from ml.synthetic.shop import generate
 
     report = generate(**shop)
     seconds = time.perf_counter() - started
@@ -129,7 +129,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def _generate_as_exported(args: argparse.Namespace, shop: dict, started: float) -> None:
-    from ml.deliveries import SNAPSHOT_EVERY_DAYS, generate_as_exported
+    from ml.synthetic.deliveries import SNAPSHOT_EVERY_DAYS, generate_as_exported
 
     report = generate_as_exported(
         **shop,
@@ -148,7 +148,7 @@ def _generate_as_exported(args: argparse.Namespace, shop: dict, started: float) 
 
 
 def _generate_increment(args: argparse.Namespace) -> None:
-    from ml.synthetic import generate_increment
+    from ml.synthetic.shop import generate_increment
 
     at = args.at or dt.datetime.now(dt.UTC)
     try:
@@ -170,20 +170,25 @@ def _generate_increment(args: argparse.Namespace) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
-    from ml.ingest import ingest_landing
+    from ml.ingest.loader import ingest_landing
 
     ingest_landing(load_settings(), as_of=args.as_of)  # logs its summary
 
 
 def cmd_features(args: argparse.Namespace) -> None:
-    from ml.features import build_features
+    from ml.features.dbt import build_features
 
     build_features(load_settings(), as_of=args.as_of, label_as_of=args.label_as_of)
     print(f"customer_features built for {args.as_of}, training_labels for its label date")
 
 
 def cmd_gate(args: argparse.Namespace) -> None:
-    from ml.quality import latest_load_time, run_features_gate, run_raw_gate, run_segments_gate
+    from ml.quality.gates import (
+        latest_load_time,
+        run_features_gate,
+        run_raw_gate,
+        run_segments_gate,
+    )
 
     settings = load_settings()
     if args.table == "raw":
@@ -199,7 +204,7 @@ def cmd_gate(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from ml.train import train_all, training_summary
+    from ml.models.train import train_all, training_summary
 
     settings = load_settings()
     train_all(settings, args.as_of)  # logs each model's evaluation and promotion decision
@@ -207,21 +212,21 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_models(_: argparse.Namespace) -> None:
-    from ml.train import training_summary
+    from ml.models.train import training_summary
 
     print(training_summary(load_settings()))
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from ml.score import score_customers
+    from ml.segments.score import score_customers
 
     rows = score_customers(load_settings(), args.as_of)
     print(f"scored {rows:,} customers as of {args.as_of} into staging.customer_segments")
 
 
 def cmd_publish(args: argparse.Namespace) -> None:
-    from ml.publish import publish_segments
-    from ml.segment_report import write_segment_report
+    from ml.segments.publish import publish_segments
+    from ml.segments.report import write_segment_report
 
     settings = load_settings()
     result = publish_segments(settings, args.as_of, run_id=args.run_id, gate_passed=False)
@@ -230,13 +235,13 @@ def cmd_publish(args: argparse.Namespace) -> None:
 
 
 def cmd_segments(args: argparse.Namespace) -> None:
-    from ml.segment_report import segments_summary
+    from ml.segments.report import segments_summary
 
     print(segments_summary(load_settings(), args.as_of))
 
 
 def cmd_drift(args: argparse.Namespace) -> None:
-    from ml.monitoring import monitor, monitoring_summary
+    from ml.monitoring.monitor import monitor, monitoring_summary
 
     settings = load_settings()
     if args.run:
@@ -247,7 +252,7 @@ def cmd_drift(args: argparse.Namespace) -> None:
 
 
 def cmd_triggers(args: argparse.Namespace) -> None:
-    from ml.trigger_exports import refresh_now, refreshes_summary
+    from ml.triggers.exports import refresh_now, refreshes_summary
 
     settings = load_settings()
     if args.refresh:
@@ -256,14 +261,14 @@ def cmd_triggers(args: argparse.Namespace) -> None:
 
 
 def cmd_readout(args: argparse.Namespace) -> None:
-    from ml.readout import readout
+    from ml.segments.readout import readout
 
     print(readout(load_settings(), args.audience, args.as_of, args.window_days).render())
 
 
 def cmd_quarantine(args: argparse.Namespace) -> None:
-    from ml.ingest import accept_bad_file, quarantine_lines
-    from ml.warehouse import connect
+    from ml.ingest.loader import accept_bad_file, quarantine_lines
+    from ml.warehouse.connection import connect
 
     settings = load_settings()
     if args.accept:
@@ -277,7 +282,7 @@ def cmd_quarantine(args: argparse.Namespace) -> None:
 
 
 def cmd_forget(args: argparse.Namespace) -> None:
-    from ml.erasure import ErasureError, forget, forget_requested, read_identities
+    from ml.privacy.erasure import ErasureError, forget, forget_requested, read_identities
 
     settings = load_settings()
     ids, addresses = set(args.customer_id), set(args.email)
@@ -303,19 +308,19 @@ def cmd_forget(args: argparse.Namespace) -> None:
 
 
 def cmd_dbt(args: argparse.Namespace) -> None:
-    from ml.features import run_dbt
+    from ml.features.dbt import run_dbt
 
     result = run_dbt(load_settings(), *args.dbt_args)
     print(result.stdout, end="")
 
 
 def cmd_status(_: argparse.Namespace) -> None:
-    from ml.features import features_summary
-    from ml.ingest import raw_summary
-    from ml.monitoring import monitoring_summary
-    from ml.quality import quality_summary
-    from ml.segment_report import segments_summary
-    from ml.train import training_summary
+    from ml.features.dbt import features_summary
+    from ml.ingest.loader import raw_summary
+    from ml.models.train import training_summary
+    from ml.monitoring.monitor import monitoring_summary
+    from ml.quality.gates import quality_summary
+    from ml.segments.report import segments_summary
 
     settings = load_settings()
     print(raw_summary(settings))
@@ -327,7 +332,7 @@ def cmd_status(_: argparse.Namespace) -> None:
 
 
 def cmd_housekeeping(args: argparse.Namespace) -> None:
-    from ml.retention import apply_retention
+    from ml.privacy.retention import apply_retention
 
     today = args.today or dt.datetime.now(dt.UTC).date()
     print(apply_retention(load_settings(), today, dry_run=args.dry_run).summary())
@@ -360,7 +365,7 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 
 def cmd_tracking_server(args: argparse.Namespace) -> None:
-    from ml.tracking_server import start
+    from ml.models.tracking_server import start
 
     start(args.host, args.port, args.workers)
 
@@ -400,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,  # None when not given, like the other options checked in cmd_generate
         help="write the same shop the way real shop and e-mail tool exports look "
-        "(customers snapshots, tools' event names, late and early rows; ml/deliveries.py)",
+        "(customers snapshots, tools' event names, late and early rows; ml/synthetic/deliveries.py)",
     )
     generate.add_argument(
         "--snapshot-every-days",
@@ -582,7 +587,7 @@ def _print_masked_traceback(kind: type[BaseException], error: BaseException, tb)
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Log lines are masked by the record factory `import ml` installed (ml/secret_masking.py).
+    # Log lines are masked by the record factory `import ml` installed (ml/privacy/secret_masking.py).
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     sys.excepthook = _print_masked_traceback
     args = build_parser().parse_args(argv)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ml.secret_masking import mask_secrets
+from ml.privacy.secret_masking import mask_secrets
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -24,7 +24,7 @@ KNOWN_TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "http", "https", "fil
 class ConfigError(ValueError):
     """A setting from the environment cannot be used; the message names the variable.
 
-    The message passes through the masking rule (ml/secret_masking.py): a value it repeats
+    The message passes through the masking rule (ml/privacy/secret_masking.py): a value it repeats
     keeps no password or token (the message becomes a DAG import error in Airflow's UI)."""
 
     def __init__(self, message: str) -> None:
@@ -52,7 +52,7 @@ class QualityThresholds:
 
 @dataclass(frozen=True)
 class LoadingSettings:
-    """How landing files are read and what waits (ml/ingest.py, ml/landing.py)."""
+    """How landing files are read and what waits (ml/ingest/loader.py, ml/ingest/landing.py)."""
 
     encoding: str
     """SEGFLOW_LANDING_ENCODING: the text encoding of every CSV, TSV and JSON-lines file
@@ -74,7 +74,7 @@ class LoadingSettings:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """How models are trained and promoted (ml/train.py, ml/registry.py); each has an override."""
+    """How models are trained and promoted (ml/models/train.py, ml/models/registry.py); each has an override."""
 
     training_snapshots: int
     """SEGFLOW_TRAINING_SNAPSHOTS: past as-of dates stacked into a training set, before the
@@ -101,7 +101,7 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class PublishSettings:
-    """How scores become published segments and audience exports (ml/score.py, ml/publish.py)."""
+    """How scores become published segments and audience exports (ml/segments/score.py, ml/segments/publish.py)."""
 
     audiences_path: Path
     """SEGFLOW_AUDIENCES_PATH: the marketer's audience definitions (YAML)."""
@@ -118,7 +118,7 @@ class PublishSettings:
 
 @dataclass(frozen=True)
 class MonitoringSettings:
-    """When the drift monitor (ml/monitoring.py) warns and when it alerts, which schedules
+    """When the drift monitor (ml/monitoring/monitor.py) warns and when it alerts, which schedules
     train_models. Each has an override."""
 
     psi_warn: float
@@ -140,7 +140,7 @@ class MonitoringSettings:
 
 @dataclass(frozen=True)
 class AlertSettings:
-    """Who hears of a failed segflow task (ml/alerts.py), besides `<reports dir>/failures.jsonl`
+    """Who hears of a failed segflow task (ml/monitoring/alerts.py), besides `<reports dir>/failures.jsonl`
     and the task's log, which always get it."""
 
     webhook_url: str | None
@@ -152,7 +152,7 @@ class AlertSettings:
 
 @dataclass(frozen=True)
 class RetentionSettings:
-    """How long segflow keeps what it writes (ml/retention.py removes what is older, daily).
+    """How long segflow keeps what it writes (ml/privacy/retention.py removes what is older, daily).
     Each is a number of days, overridable from the environment."""
 
     raw_history_days: int
@@ -191,7 +191,7 @@ class Settings:
     that a byte search of the file can confirm an erasure; off by default."""
     landing_poll_seconds: float
     """SEGFLOW_LANDING_POLL_SECONDS: how often the landing zone's watcher looks for new files
-    (ml/landing_watch.py); a file counts once it stayed the same for one look."""
+    (ml/orchestration/landing_watch.py); a file counts once it stayed the same for one look."""
     loading: LoadingSettings
     quality: QualityThresholds
     models: ModelSettings
@@ -201,7 +201,7 @@ class Settings:
     retention: RetentionSettings
     pseudonym_key: str | None
     """SEGFLOW_PSEUDONYM_KEY: the secret that keys customer pseudonyms and the hashes of
-    forgotten identities (ml/pseudonyms.py); unset, a key is generated once into
+    forgotten identities (ml/privacy/pseudonyms.py); unset, a key is generated once into
     `<data dir>/keys/pseudonym.key`."""
 
     @property

@@ -35,9 +35,9 @@ match the whole of it is not e-mailable (`invalid_address`). A plain address onl
 It is deliberately narrower than RFC 5322: quoted local parts, IP-literal domains and
 internationalised (non-ASCII) addresses are valid there but rare, handled unevenly by e-mail
 tools, and cannot be told from malformed input. Consent errs on the side of the customer:
-unclear means do not e-mail. This is the one definition: ml/consent.py applies it in DuckDB,
+unclear means do not e-mail. This is the one definition: ml/segments/consent.py applies it in DuckDB,
 and dbt's `is_valid_email` macro (the features' `has_valid_email`) reads it from
-SEGFLOW_PLAIN_ADDRESS_PATTERN, which segflow sets for every dbt run (ml/features.py).
+SEGFLOW_PLAIN_ADDRESS_PATTERN, which segflow sets for every dbt run (ml/features/dbt.py).
 Both DuckDB (RE2) and Python's `re` read it the same way."""
 
 # Warehouse types of the contract's logical types.

@@ -1,6 +1,6 @@
 """Every CSV file segflow writes goes through `write_csv`, which applies the spreadsheet formula
-rule: the audience exports (ml/publish.py), the trigger exports and `suppressions.csv`
-(ml/trigger_exports.py) and the tables logged with each trained model (ml/train.py).
+rule: the audience exports (ml/segments/publish.py), the trigger exports and `suppressions.csv`
+(ml/triggers/exports.py) and the tables logged with each trained model (ml/models/train.py).
 
 The rule (OWASP, "CSV injection"): a spreadsheet opening a CSV runs a cell that begins with
 `=`, `+`, `-` or `@` as a formula (`=HYPERLINK(...)` links anywhere, `=cmd|...` ran commands in

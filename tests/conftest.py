@@ -20,8 +20,8 @@ os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(PROJECT_DIR / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 from ml.config import Settings, load_settings  # noqa: E402
-from ml.features import DBT_PROJECT_DIR, run_dbt  # noqa: E402
-from ml.synthetic import generate  # noqa: E402
+from ml.features.dbt import DBT_PROJECT_DIR, run_dbt  # noqa: E402
+from ml.synthetic.shop import generate  # noqa: E402
 
 COMPOSE_TEXT = (PROJECT_DIR / "docker-compose.yml").read_text()
 COMPOSE_VARIABLE = re.compile(r"(?<!\$)\$\{(\w+)(:[-?])?([^}]*)\}")
@@ -86,7 +86,7 @@ MLFLOW_URI_AT_START = os.environ.get("MLFLOW_TRACKING_URI")
 
 @pytest.fixture(autouse=True)
 def _mlflow_uri_does_not_leak_into_later_tests():
-    """mlflow.set_tracking_uri (ml.registry) also exports MLFLOW_TRACKING_URI to os.environ:
+    """mlflow.set_tracking_uri (ml.models.registry) also exports MLFLOW_TRACKING_URI to os.environ:
     the Airflow processes a later test starts would inherit another test's registry. Session
     fixtures set up before this one, hence the value from the session's start."""
     yield
@@ -133,9 +133,9 @@ def trained_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     TRAINED_AS_OF, and every model kind trained (two training snapshots) and promoted to
     champion in a temporary MLflow store. Built once per session: tests that change the
     warehouse or the registry work on a copy."""
-    from ml.features import build_features
-    from ml.ingest import ingest_landing
-    from ml.train import train_all
+    from ml.features.dbt import build_features
+    from ml.ingest.loader import ingest_landing
+    from ml.models.train import train_all
 
     root = tmp_path_factory.mktemp("trained")
     generate(

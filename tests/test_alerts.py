@@ -1,4 +1,4 @@
-"""Failure alerts (ml/alerts.py): the record, the webhook and the mail, against local servers.
+"""Failure alerts (ml/monitoring/alerts.py): the record, the webhook and the mail, against local servers.
 
 The end-to-end proof that Airflow calls the callback is in tests/test_pipeline_airflow.py (the
 corrupt day's raw_gate failure is recorded)."""
@@ -18,10 +18,10 @@ from types import SimpleNamespace
 
 import pytest
 
-import ml.orchestration  # noqa: F401  (imports Airflow, which sets up logging, before caplog does)
-from ml.alerts import failures_path, record_task_failure
+import ml.orchestration.dag_defaults  # noqa: F401  (imports Airflow, which sets up logging, before caplog does)
 from ml.config import ConfigError, load_settings
-from ml.quality import QuarantineTooLarge
+from ml.monitoring.alerts import failures_path, record_task_failure
+from ml.quality.gates import QuarantineTooLarge
 from tests.conftest import free_port
 
 AS_OF = dt.date(2026, 6, 30)
@@ -164,7 +164,7 @@ def test_a_failure_is_recorded_as_one_json_line_without_e_mail_addresses(data_di
         "try_number": 1,
         "logical_date": "2026-06-30T00:00:00+00:00",
         "as_of_date": "2026-06-30",
-        "exception_class": "ml.quality.QuarantineTooLarge",
+        "exception_class": "ml.quality.gates.QuarantineTooLarge",
         "exception_message": "quarantine above SEGFLOW_QUARANTINE_MAX_SHARE=5.0% for orders "
         "40.0%\n    12 amount: must be >= 0\n    e.g. <e-mail>, <e-mail>",
         "log_url": "http://localhost:8080/dags/segment_pipeline/runs/manual/tasks/raw_gate",
@@ -194,7 +194,7 @@ def test_the_mail_goes_out_through_airflows_smtp_settings(data_dir: Path, smtp_s
     assert message["Subject"] == "segflow: segment_pipeline.raw_gate failed (as of 2026-06-30)"
     body = next(p for p in message.walk() if p.get_content_type() == "text/html")
     html = body.get_payload(decode=True).decode()
-    assert "ml.quality.QuarantineTooLarge" in html and "amount: must be &gt;= 0" in html
+    assert "ml.quality.gates.QuarantineTooLarge" in html and "amount: must be &gt;= 0" in html
     assert "@" not in html  # the customers' addresses in the message are masked
 
 
@@ -206,7 +206,7 @@ def test_alerts_that_fail_are_logged_and_do_not_mask_the_failure(
     monkeypatch.setenv("SEGFLOW_ALERT_WEBHOOK_URL", webhook.url)
     monkeypatch.setenv("SEGFLOW_ALERT_EMAILS", "oncall@example.com")
     monkeypatch.setenv("AIRFLOW__SMTP__SMTP_PORT", str(free_port()))
-    with caplog.at_level(logging.WARNING, logger="ml.alerts"):
+    with caplog.at_level(logging.WARNING, logger="ml.monitoring.alerts"):
         record_task_failure(failure_context(gate_failure()))  # does not raise
 
     assert len(webhook.bodies) == 1 and smtp_server == []

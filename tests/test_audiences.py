@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.audiences import AudienceError, build_members, load_audiences
 from ml.config import PROJECT_DIR
+from ml.segments.audiences import AudienceError, build_members, load_audiences
 
 AS_OF = dt.date(2026, 6, 30)
 

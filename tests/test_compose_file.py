@@ -8,7 +8,7 @@ import re
 import pytest
 import yaml
 
-from ml.orchestration import WAREHOUSE_QUEUE
+from ml.orchestration.dag_defaults import WAREHOUSE_QUEUE
 from tests.conftest import COMPOSE_TEXT, PROJECT_DIR
 from tests.conftest import COMPOSE_VARIABLE as VARIABLE
 
@@ -315,7 +315,7 @@ def test_no_command_puts_a_secret_on_a_command_line(name: str):
 def test_the_first_airflow_user_is_created_without_its_password_in_argv():
     command = as_text(SERVICES["airflow-init"]["command"])
     assert "users create" not in command
-    assert "python -m ml.airflow_admin" in command
+    assert "python -m ml.orchestration.airflow_admin" in command
     assert "AIRFLOW_ADMIN_PASSWORD" in environment(SERVICES["airflow-init"])
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from ml.config import PROJECT_DIR, ConfigError, load_settings
-from ml.secret_masking import mask_secrets
+from ml.privacy.secret_masking import mask_secrets
 
 
 def test_defaults_live_inside_the_project():
@@ -124,7 +124,7 @@ TRACKING_SERVER_ENV = {
 
 @pytest.mark.parametrize("missing", sorted(TRACKING_SERVER_ENV))
 def test_the_tracking_server_does_not_start_without_each_variable(missing: str):
-    from ml.tracking_server import start
+    from ml.models.tracking_server import start
 
     env = {**TRACKING_SERVER_ENV, missing: " "}
     with pytest.raises(ConfigError, match=f"{missing}: "):
@@ -134,7 +134,7 @@ def test_the_tracking_server_does_not_start_without_each_variable(missing: str):
 def test_the_tracking_server_keeps_the_database_password_off_its_command_line():
     import configparser
 
-    from ml.tracking_server import auth_config, server_command
+    from ml.models.tracking_server import auth_config, server_command
 
     command = " ".join(server_command(TRACKING_SERVER_ENV, "0.0.0.0", 5000, 2))
     assert "pa%ss" not in command

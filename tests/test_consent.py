@@ -1,4 +1,4 @@
-"""Consent as the warehouse knows it now (ml/consent.py), on raw rows made here."""
+"""Consent as the warehouse knows it now (ml/segments/consent.py), on raw rows made here."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from ml.config import Settings
-from ml.consent import create_current_suppressions
-from ml.ingest import ensure_raw_tables
-from ml.warehouse import connect
+from ml.ingest.loader import ensure_raw_tables
+from ml.segments.consent import create_current_suppressions
+from ml.warehouse.connection import connect
 
 DAY = dt.datetime(2026, 7, 1)
 

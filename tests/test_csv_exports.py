@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 
 from ml.config import Settings
-from ml.consent import create_current_suppressions, is_plain_address_sql
 from ml.contract import PLAIN_ADDRESS_PATTERN
 from ml.csv_exports import (
     FORMULA_PREFIXES,
@@ -23,10 +22,11 @@ from ml.csv_exports import (
     write_csv,
     write_frame_csv,
 )
-from ml.features import run_dbt
-from ml.ingest import ensure_raw_tables
-from ml.publish import publish_segments
-from ml.warehouse import connect
+from ml.features.dbt import run_dbt
+from ml.ingest.loader import ensure_raw_tables
+from ml.segments.consent import create_current_suppressions, is_plain_address_sql
+from ml.segments.publish import publish_segments
+from ml.warehouse.connection import connect
 from tests.test_publish import AS_OF, scored_frame, stage, staged  # noqa: F401  (a fixture)
 from tests.test_triggers import T0, land, order, published, read_export, refresh  # noqa: F401
 
@@ -99,7 +99,7 @@ def test_a_large_export_keeps_the_selects_order(tmp_path: Path):
 
 
 def test_a_data_frame_is_written_through_the_same_rule(tmp_path: Path):
-    """Model reports (ml/train.py): their columns, not the index; numbers as numbers."""
+    """Model reports (ml/models/train.py): their columns, not the index; numbers as numbers."""
     frame = pd.DataFrame(
         {"feature": ["=cmd|' /C calc'!A0", "orders_365d"], "importance": [-0.25, np.nan]},
         index=[5, 6],
@@ -151,7 +151,7 @@ def test_the_address_rule_reads_the_same_in_python_and_duckdb():
 
 def test_dbt_finds_a_formula_address_not_valid(settings: Settings):
     """The staging model the features come from, on raw rows: a formula address is no address,
-    so scoring records `invalid_address` for the customer (ml/score.py)."""
+    so scoring records `invalid_address` for the customer (ml/segments/score.py)."""
     with connect(settings) as con:
         ensure_raw_tables(con)
         con.executemany(

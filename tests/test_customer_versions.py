@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 
 from ml.config import Settings, load_settings
-from ml.features import build_features
-from ml.ingest import ingest_landing
-from ml.publish import publish_segments
-from ml.score import score_customers
-from ml.trigger_exports import refresh_now
-from ml.warehouse import connect
+from ml.features.dbt import build_features
+from ml.ingest.loader import ingest_landing
+from ml.segments.publish import publish_segments
+from ml.segments.score import score_customers
+from ml.triggers.exports import refresh_now
+from ml.warehouse.connection import connect
 from tests.conftest import TRAINED_AS_OF
 from tests.test_triggers import holdout, read_export
 

@@ -18,8 +18,8 @@ import pytest
 
 from ml.cli import main
 from ml.contract import EMAIL_EVENT_SYNONYMS, EMAIL_EVENT_TYPES, OPT_IN_SPELLINGS, spelling
-from ml.deliveries import DeliveryReport, generate_as_exported
-from ml.synthetic import generate
+from ml.synthetic.deliveries import DeliveryReport, generate_as_exported
+from ml.synthetic.shop import generate
 
 END = dt.date(2026, 6, 30)
 SHOP = {"customers": 3000, "days": 90, "end_date": END, "seed": 3}
@@ -329,7 +329,7 @@ def test_a_delivery_as_exported_loads_day_by_day_with_nothing_lost(exported, tmp
     unchanged, held or rejected, the held ones load once their customer arrives, and raw keeps
     exactly the versions the generator changed."""
     from ml.config import load_settings
-    from ml.ingest import ingest_landing
+    from ml.ingest.loader import ingest_landing
 
     landing, report, _ = exported
     settings = load_settings(

@@ -1,4 +1,4 @@
-"""The drift statistics (ml/drift.py) against textbook computations."""
+"""The drift statistics (ml/monitoring/drift.py) against textbook computations."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy.stats import ks_2samp
 
-from ml import drift
+from ml.monitoring import drift
 
 
 def test_psi_is_the_textbook_sum_and_zero_for_equal_shares():
@@ -92,8 +92,8 @@ def test_segment_mix_is_compared_with_the_mean_shares_of_the_previous_runs(tmp_p
     import duckdb
 
     from ml.config import load_settings
-    from ml.monitoring import _segment_mix_drift
-    from ml.score import ensure_segment_tables
+    from ml.monitoring.monitor import _segment_mix_drift
+    from ml.segments.score import ensure_segment_tables
 
     mixes = {  # date -> (persona shares over 100 customers, personas version)
         dt.date(2026, 7, 1): ({"a": 50, "b": 50}, 1),

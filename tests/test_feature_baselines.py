@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from ml.config import Settings, load_settings
-from ml.features import build_features
-from ml.ingest import ingest_landing
-from ml.warehouse import connect
+from ml.features.dbt import build_features
+from ml.ingest.loader import ingest_landing
+from ml.warehouse.connection import connect
 from tests.conftest import PROJECT_DIR, SAMPLE_END
 
 

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from ml.config import Settings, load_settings
-from ml.features import FeatureBuildError, build_features, run_dbt
-from ml.ingest import ingest_landing
+from ml.features.dbt import FeatureBuildError, build_features, run_dbt
+from ml.ingest.loader import ingest_landing
 from tests.conftest import SAMPLE_END
 
 pytestmark = pytest.mark.slow
@@ -192,7 +192,7 @@ def test_optional_sources_absent_still_build(tmp_path: Path, generated_landing: 
 
 
 def test_the_features_gate_passes_on_built_features_and_records_it(built: Settings):
-    from ml.quality import run_features_gate
+    from ml.quality.gates import run_features_gate
 
     report = run_features_gate(built, AS_OF)
     assert report.rows_validated > 0 and not report.failed_errors

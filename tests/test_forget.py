@@ -22,15 +22,15 @@ import pandas as pd
 import pytest
 
 from ml.config import Settings, load_settings
-from ml.erasure import forget, forget_requested, rebuild_warehouse
-from ml.features import build_features
-from ml.ingest import ERASED_RULE, ingest_landing
-from ml.pseudonyms import CUSTOMER_ID, EMAIL, pseudonym_key
-from ml.publish import publish_segments
-from ml.readout import readout
-from ml.score import score_customers
-from ml.trigger_exports import refresh_now
-from ml.warehouse import connect
+from ml.features.dbt import build_features
+from ml.ingest.loader import ERASED_RULE, ingest_landing
+from ml.privacy.erasure import forget, forget_requested, rebuild_warehouse
+from ml.privacy.pseudonyms import CUSTOMER_ID, EMAIL, pseudonym_key
+from ml.segments.publish import publish_segments
+from ml.segments.readout import readout
+from ml.segments.score import score_customers
+from ml.triggers.exports import refresh_now
+from ml.warehouse.connection import connect
 from tests.conftest import PROJECT_DIR, TRAINED_AS_OF
 
 PUBLISHED_AS_OF = TRAINED_AS_OF - dt.timedelta(days=14)
@@ -228,7 +228,7 @@ def test_a_request_file_without_identities_names_the_file_and_line(
     requests = landing_copy / "erasure_requests"
     requests.mkdir()
     (requests / "batch.csv").write_text("customer_id,email\n,\n")
-    from ml.erasure import ErasureError
+    from ml.privacy.erasure import ErasureError
 
     with pytest.raises(ErasureError, match=r"batch.csv, line 2: neither customer_id nor email"):
         forget_requested(settings)
@@ -255,7 +255,7 @@ def test_freed_blocks_keep_deleted_values_until_the_file_is_rebuilt(tmp_path: Pa
 
 
 def test_an_empty_request_is_refused(settings: Settings) -> None:
-    from ml.erasure import ErasureError
+    from ml.privacy.erasure import ErasureError
 
     with pytest.raises(ErasureError, match="nothing to forget"):
         forget(settings, set(), {" "})
@@ -267,7 +267,7 @@ def test_files_lose_exactly_the_forgotten_records(tmp_path: Path) -> None:
     import gzip
     import json
 
-    from ml.erasure_files import (
+    from ml.privacy.erasure_files import (
         Identities,
         redact_text,
         remove_csv_records,

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from ml.config import Settings
-from ml.ingest import ContractViolation, ingest_landing, quarantine_lines, raw_summary
+from ml.ingest.loader import ContractViolation, ingest_landing, quarantine_lines, raw_summary
 
 LOAD_TIME = dt.datetime(2026, 7, 1, 12, 0)
 CUSTOMERS = [
@@ -607,7 +607,7 @@ def test_a_warehouse_from_before_is_minimised_once(settings: Settings):
     """Quarantine rows with whole records and extra values in raw, as earlier versions kept
     them: personal values become their shape, records lose personal fields (by the file's
     spelling of them), extra columns keep their names only."""
-    from ml.ingest import ensure_raw_tables
+    from ml.ingest.loader import ensure_raw_tables
 
     minimal_landing(settings.landing_dir)
     ingest(settings)

@@ -12,7 +12,7 @@ import os
 import pandas as pd
 import pytest
 
-import ml.ingest
+import ml.ingest.loader
 from ml.config import Settings
 from tests.test_ingest import (
     CUSTOMERS,
@@ -164,7 +164,9 @@ def test_a_timestamp_a_little_after_the_load_time_waits_until_that_time(settings
     skewed = dict(UNSUBSCRIBE, customer_id="c1", occurred_at="2026-07-01 12:05")  # 5 min ahead
     write_csv(settings.landing_dir, "email_events/date=2026-07-01/a.csv", [skewed])
     assert ingest(settings).entities["email_events"].rows_held == 1
-    later = ml.ingest.ingest_landing(settings, loaded_at=LOAD_TIME + dt.timedelta(minutes=10))
+    later = ml.ingest.loader.ingest_landing(
+        settings, loaded_at=LOAD_TIME + dt.timedelta(minutes=10)
+    )
     assert later.entities["email_events"].held_rows_loaded == 1
     assert query(settings, "SELECT occurred_at FROM raw.email_events") == [
         (dt.datetime(2026, 7, 1, 12, 5),)
@@ -184,7 +186,7 @@ def test_a_row_held_too_long_becomes_a_rejection(settings: Settings):
     assert query(settings, "SELECT record->>'customer_id' FROM quarantine.held_rows") == [
         ("ghost",)
     ]
-    ml.ingest.ingest_landing(settings, loaded_at=LOAD_TIME + dt.timedelta(days=8))
+    ml.ingest.loader.ingest_landing(settings, loaded_at=LOAD_TIME + dt.timedelta(days=8))
     assert [(v[3], v[4], v[5], v[6]) for v in violations(settings)] == [
         (
             "customer_id",
@@ -283,7 +285,7 @@ def test_another_encoding_loads_under_its_setting(settings: Settings):
             "latin-1"
         )
     )
-    ml.ingest.ingest_landing(latin, loaded_at=LOAD_TIME)
+    ml.ingest.loader.ingest_landing(latin, loaded_at=LOAD_TIME)
     assert query(settings, "SELECT gender FROM raw.customers") == [("männlich",)]
 
 
@@ -339,7 +341,7 @@ def test_a_file_still_being_written_is_left_for_the_next_run(
     write_csv(
         settings.landing_dir, "orders/date=2026-06-02/part-1.csv", [dict(ORDERS[0], order_id="o3")]
     )
-    real_checksum = ml.ingest.checksum
+    real_checksum = ml.ingest.loader.checksum
     appended = []
 
     def checksum_while_a_writer_appends(file, encoding):
@@ -351,7 +353,7 @@ def test_a_file_still_being_written_is_left_for_the_next_run(
             os.utime(growing, ns=(0, growing.stat().st_mtime_ns + 1_000_000))
         return result
 
-    monkeypatch.setattr(ml.ingest, "checksum", checksum_while_a_writer_appends)
+    monkeypatch.setattr(ml.ingest.loader, "checksum", checksum_while_a_writer_appends)
     report = ingest(settings)
     assert report.entities["orders"].files_still_changing == 1
     assert query(settings, "SELECT order_id FROM raw.orders ORDER BY 1") == [("o1",), ("o2",)]

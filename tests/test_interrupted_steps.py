@@ -51,20 +51,20 @@ def kill_after_nth_call(*call_args, **call_kwargs):
 setattr(owner, name, kill_after_nth_call)
 settings, as_of = load_settings(), dt.date.fromisoformat(args["as_of"])
 if args["step"] == "ingest":
-    import ml.ingest
+    import ml.ingest.loader
 
-    ml.ingest.BATCH_BYTES = args["batch_bytes"]
-    ml.ingest.ingest_landing(settings, as_of, dt.datetime.fromisoformat(args["loaded_at"]))
+    ml.ingest.loader.BATCH_BYTES = args["batch_bytes"]
+    ml.ingest.loader.ingest_landing(settings, as_of, dt.datetime.fromisoformat(args["loaded_at"]))
 elif args["step"] == "score":
-    from ml.score import score_customers
+    from ml.segments.score import score_customers
 
     score_customers(settings, as_of)
 elif args["step"] == "publish":
-    from ml.publish import publish_segments
+    from ml.segments.publish import publish_segments
 
     publish_segments(settings, as_of, run_id=args["run_id"], gate_passed=True)
 elif args["step"] == "training_set":
-    from ml.training_sets import build_training_set
+    from ml.models.training_sets import build_training_set
 
     build_training_set(settings, as_of)
 sys.exit(3)  # the kill point was never reached
@@ -136,7 +136,7 @@ def ingested(settings: Settings) -> dict[str, list[tuple]]:
 def test_ingest_killed_between_batches_keeps_whole_files_and_the_rerun_completes_it(
     landing_copy: Path, settings: Settings, tmp_path: Path
 ):
-    from ml.ingest import ingest_landing
+    from ml.ingest.loader import ingest_landing
 
     clean = settings_for(tmp_path / "clean", SEGFLOW_LANDING_DIR=str(landing_copy))
     ingest_landing(clean, TRAINED_AS_OF, LOADED_AT)
@@ -146,7 +146,7 @@ def test_ingest_killed_between_batches_keeps_whole_files_and_the_rerun_completes
     # batch committed.
     run_and_kill(
         settings,
-        "ml.ingest:_write_checked",
+        "ml.ingest.loader:_write_checked",
         5,
         step="ingest",
         as_of=TRAINED_AS_OF,
@@ -205,21 +205,21 @@ def publication(settings: Settings) -> tuple[dict[str, list[tuple]], dict[str, b
     ("kill_after", "exports_seen"),
     [
         # New exports built beside the old ones, nothing swapped yet.
-        ("ml.publish:_write_exports", "previous"),
+        ("ml.segments.publish:_write_exports", "previous"),
         # The date's rows replaced inside the transaction, which is still open.
-        ("ml.publish:_replace_published_rows", "previous"),
+        ("ml.segments.publish:_replace_published_rows", "previous"),
         # The previous export folder moved aside, the new one not yet in place: the one moment
         # the date has no export folder (between two renames).
         ("pathlib:Path.rename", "none"),
-        # Exports swapped, commit not reached: the window ml/publish.py documents; the retry
+        # Exports swapped, commit not reached: the window ml/segments/publish.py documents; the retry
         # closes it.
-        ("ml.publish:_swap_exports", "new"),
+        ("ml.segments.publish:_swap_exports", "new"),
     ],
 )
 def test_publish_killed_mid_way_keeps_the_previous_publication_and_the_retry_completes_it(
     staged: Settings, tmp_path: Path, kill_after: str, exports_seen: str
 ):
-    from ml.publish import publish_segments
+    from ml.segments.publish import publish_segments
 
     # The date was published from one scoring; a new scoring (other rows) is staged for it.
     publish_segments(staged, AS_OF, run_id="first", gate_passed=True)
@@ -274,8 +274,8 @@ def staged_scores(settings: Settings) -> dict[str, list[tuple]]:
 
 @pytest.mark.slow
 def test_scoring_killed_mid_way_leaves_the_staged_rows_as_they_were(trained_copy: Settings):
-    from ml.score import score_customers
-    from ml.warehouse import connect
+    from ml.segments.score import score_customers
+    from ml.warehouse.connection import connect
 
     score_customers(trained_copy, TRAINED_AS_OF)
     clean = staged_scores(trained_copy)
@@ -288,7 +288,7 @@ def test_scoring_killed_mid_way_leaves_the_staged_rows_as_they_were(trained_copy
     # Inside the transaction that replaces the date's staged rows, after every chunk was scored
     # and the segments and members were inserted (chunk scores before it are in a temp table).
     run_and_kill(
-        trained_copy, "ml.score:audience_definitions", 1, step="score", as_of=TRAINED_AS_OF
+        trained_copy, "ml.segments.score:audience_definitions", 1, step="score", as_of=TRAINED_AS_OF
     )
     assert staged_scores(trained_copy) == earlier
 
@@ -316,7 +316,7 @@ def assert_same_set(seen: tuple, expected: tuple) -> None:
     ("kill_after", "set_seen"),
     [
         # Every snapshot exported to the temporary folder, the manifest not yet written.
-        ("ml.training_sets:_export", "previous"),
+        ("ml.models.training_sets:_export", "previous"),
         # The first file deleted while a set is removed: whatever is being removed, the folder
         # readers use holds a whole set.
         ("os:unlink", "new"),
@@ -325,7 +325,7 @@ def assert_same_set(seen: tuple, expected: tuple) -> None:
 def test_a_training_set_killed_mid_way_is_never_half_a_set(
     trained_copy: Settings, tmp_path: Path, kill_after: str, set_seen: str
 ):
-    from ml.training_sets import build_training_set, training_set_dir
+    from ml.models.training_sets import build_training_set, training_set_dir
 
     final = training_set_dir(trained_copy, TRAINED_AS_OF)
     previous = training_set_seen(final)  # the set the fixture's training built

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ml.landing_watch import MAX_BUSY_POLLS, WATERMARK_KEY, LandingFilesTrigger
+from ml.orchestration.landing_watch import MAX_BUSY_POLLS, WATERMARK_KEY, LandingFilesTrigger
 
 POLL_S = 0.02
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from ml.synthetic import generate
+from ml.synthetic.shop import generate
 from tests.conftest import run_make
 
 pytestmark = pytest.mark.slow
@@ -78,7 +78,7 @@ def test_make_run_publishes_segments_with_the_click_model_not_applicable(minimal
     assert f"run for {AS_OF} succeeded" in result.stdout
     assert " success)" in result.stdout  # the run's task states, checked by make run
     # Airflow's task processes, dbt and MLflow wrote the data folder under a user's umask
-    # (run_make): owner-only all the same (ml/permissions.py).
+    # (run_make): owner-only all the same (ml/privacy/permissions.py).
     for path in (data, *data.rglob("*")):
         assert path.is_symlink() or not stat.S_IMODE(path.stat().st_mode) & 0o077, path
     # Published: every customer, scored by the models the data supports.

@@ -32,9 +32,9 @@ SCORED = TRAINED_AS_OF - dt.timedelta(days=30)
 
 @pytest.fixture(scope="module")
 def monitored(trained_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from ml.monitoring import monitor
-    from ml.publish import publish_segments
-    from ml.score import score_customers
+    from ml.monitoring.monitor import monitor
+    from ml.segments.publish import publish_segments
+    from ml.segments.score import score_customers
 
     root = tmp_path_factory.mktemp("monitored")
     shutil.copy(trained_settings.warehouse_path, root / "warehouse.duckdb")
@@ -152,7 +152,7 @@ def test_every_input_and_score_of_every_champion_is_checked_and_stored(monitored
 
 
 def test_rerunning_the_monitor_replaces_the_date_rows(monitored: dict):
-    from ml.monitoring import monitor
+    from ml.monitoring.monitor import monitor
 
     settings = monitored["settings"]
 
@@ -176,10 +176,10 @@ def test_rerunning_the_monitor_replaces_the_date_rows(monitored: dict):
 def test_a_model_not_applicable_is_noted_and_the_others_are_monitored(
     trained_settings: Settings, tmp_path: Path
 ):
-    from ml.monitoring import monitor
-    from ml.publish import publish_segments
-    from ml.registry import mark_not_applicable
-    from ml.score import score_customers
+    from ml.models.registry import mark_not_applicable
+    from ml.monitoring.monitor import monitor
+    from ml.segments.publish import publish_segments
+    from ml.segments.score import score_customers
 
     settings = copy_of_trained(trained_settings, tmp_path)
     mark_not_applicable(settings, "engagement_propensity", "no clicks", TRAINED_AS_OF.isoformat())

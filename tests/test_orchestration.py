@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from ml.orchestration import DRIFT_ALERT, AsOfDateError, drift_request, resolve_as_of
+from ml.orchestration.dag_defaults import DRIFT_ALERT, AsOfDateError, drift_request, resolve_as_of
 
 MIDNIGHT = dt.datetime(2026, 10, 31, 0, 0, tzinfo=dt.UTC)
 
@@ -51,7 +51,7 @@ def test_a_drift_triggered_run_takes_date_and_models_from_the_newest_alert():
 
 
 def test_a_date_before_the_dags_start_date_is_refused_with_the_reason():
-    from ml.orchestration import DAG_START_DATE, runnable_as_of
+    from ml.orchestration.dag_defaults import DAG_START_DATE, runnable_as_of
 
     assert runnable_as_of("2025-10-31") == dt.date(2025, 10, 31)
     assert runnable_as_of(DAG_START_DATE.date().isoformat()) == DAG_START_DATE.date()
@@ -67,7 +67,7 @@ def states(*pairs: tuple[str, str | None]) -> list[dict]:
 
 
 def test_a_run_counts_as_run_only_when_its_tasks_ran_and_published():
-    from ml.orchestration import RunDidNotRun, check_run_ran
+    from ml.orchestration.dag_defaults import RunDidNotRun, check_run_ran
 
     done = states(("ingest", "success"), ("publish", "success"), ("drift_alert", "skipped"))
     assert check_run_ran(done, "publish") == "1 skipped, 2 success"
@@ -86,8 +86,8 @@ def test_errors_a_retry_cannot_fix_fail_the_task_at_once():
     from airflow.sdk.exceptions import AirflowFailException
 
     from ml.config import ConfigError
-    from ml.orchestration import fail_at_once_on_lasting_errors
-    from ml.training_sets import TrainingSetError
+    from ml.models.training_sets import TrainingSetError
+    from ml.orchestration.dag_defaults import fail_at_once_on_lasting_errors
 
     for lasting in (TrainingSetError("only 1 training snapshot"), ConfigError("bad value")):
         with (

@@ -14,8 +14,8 @@ import pytest
 
 from ml import cli
 from ml.config import load_settings
-from ml.permissions import AIRFLOW_PASSWORD_FILE
-from ml.warehouse import connect
+from ml.privacy.permissions import AIRFLOW_PASSWORD_FILE
+from ml.warehouse.connection import connect
 from tests.conftest import PROJECT_DIR
 
 SEGFLOW = str(Path(sys.executable).with_name("segflow"))
@@ -102,7 +102,7 @@ def older_data_folder(tmp_path: Path) -> dict[str, Path]:
     ):
         path.write_text("customer data\n")
     (data / "shop").symlink_to(shop)
-    # ml/landing.py reads a landing file with a pattern character in its name through a link.
+    # ml/ingest/landing.py reads a landing file with a pattern character in its name through a link.
     (data / ".ingest-links").mkdir()
     (data / ".ingest-links" / "orders.csv").hardlink_to(shop / "orders" / "orders.csv")
     passwords = tmp_path / "airflow" / AIRFLOW_PASSWORD_FILE
@@ -157,7 +157,7 @@ def test_opening_the_warehouse_repairs_the_data_folder_too(older_data_folder: di
 def test_the_tracking_server_makes_its_artifact_folder_owner_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from ml import tracking_server
+    from ml.models import tracking_server
 
     artifacts = tmp_path / "artifacts"
     (artifacts / "1" / "run").mkdir(parents=True)

@@ -15,9 +15,9 @@ import duckdb
 import pandas as pd
 import pytest
 
-from ml.alerts import failures_path
 from ml.config import load_settings
-from ml.synthetic import generate
+from ml.monitoring.alerts import failures_path
+from ml.synthetic.shop import generate
 from tests.conftest import SAMPLE_END
 
 pytestmark = pytest.mark.slow
@@ -123,7 +123,7 @@ def features_fingerprint(env: dict[str, str]) -> tuple:
 def test_daily_runs_publish_and_a_corrupt_day_stops_at_the_raw_gate(
     airflow_env: dict[str, str],
 ):
-    from ml.registry import MODEL_KINDS, missing_champions
+    from ml.models.registry import MODEL_KINDS, missing_champions
 
     landing = Path(airflow_env["SEGFLOW_LANDING_DIR"])
     settings = load_settings(airflow_env)
@@ -164,7 +164,7 @@ def test_daily_runs_publish_and_a_corrupt_day_stops_at_the_raw_gate(
         "raw_gate",
         SAMPLE_END.isoformat(),
     )
-    assert failure["exception_class"] == "ml.quality.QuarantineTooLarge"
+    assert failure["exception_class"] == "ml.quality.gates.QuarantineTooLarge"
     assert "amount: must be >= 0" in failure["exception_message"]
     # Nothing downstream of the gate ran: the features are as before, and the previous days'
     # publication (rows and export files) is unchanged byte for byte.
@@ -173,7 +173,7 @@ def test_daily_runs_publish_and_a_corrupt_day_stops_at_the_raw_gate(
 
 
 def test_train_models_registers_challengers_and_tags_their_gate(airflow_env: dict[str, str]):
-    from ml.registry import mlflow_client, registered_name
+    from ml.models.registry import mlflow_client, registered_name
 
     # A clustering and a classifier: the `models` param keeps the other three out (and quick).
     kinds = ["personas", "churn_risk"]
@@ -240,7 +240,7 @@ def test_a_run_after_the_drift_date_raises_the_alert_that_schedules_train_models
     alert = json.loads(extra[0])
     assert alert["as_of_date"] == DRIFTED_DATE.isoformat()
     drifted = {r["name"] for r in alert["reasons"] if r["check"] == "feature"}
-    # Fewer opens (ml/synthetic.py), measured by the features that count and date them.
+    # Fewer opens (ml/synthetic/shop.py), measured by the features that count and date them.
     assert {"email_opens_30d", "days_since_last_open"} <= drifted, alert["reasons"]
     opens = next(r for r in alert["reasons"] if r["name"] == "email_opens_30d")
     assert opens["value"] >= opens["threshold"] == 0.25

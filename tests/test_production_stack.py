@@ -60,7 +60,7 @@ import pytest
 import yaml
 
 from ml.config import Settings
-from ml.orchestration import MODEL_KINDS, WAREHOUSE_POOL, WAREHOUSE_QUEUE
+from ml.orchestration.dag_defaults import MODEL_KINDS, WAREHOUSE_POOL, WAREHOUSE_QUEUE
 from tests.conftest import (
     COMPOSE_TEXT,
     COMPOSE_VARIABLE,

@@ -11,14 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import ml.publish
-import ml.quality
-from ml.audiences import Audience, Filter
+import ml.quality.gates
+import ml.segments.publish
 from ml.config import Settings
-from ml.ingest import ensure_raw_tables
-from ml.publish import publish_segments
-from ml.score import stage_scored_segments
-from ml.warehouse import connect, table_exists
+from ml.ingest.loader import ensure_raw_tables
+from ml.segments.audiences import Audience, Filter
+from ml.segments.publish import publish_segments
+from ml.segments.score import stage_scored_segments
+from ml.warehouse.connection import connect, table_exists
 
 AS_OF = dt.date(2026, 6, 30)
 CUSTOMERS = 3_000
@@ -144,7 +144,7 @@ def test_exports_hold_only_emailable_treatment_members(staged: Settings):
         entry = manifest["audiences"][spec.name]
         assert entry["rows"] == entry["treatment"] == len(export)
         assert entry["holdout"] == int(chosen.is_holdout.sum())
-        assert entry["sha256"] == ml.publish.file_sha256(path)
+        assert entry["sha256"] == ml.segments.publish.file_sha256(path)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     # The broad audience: every e-mailable customer, minus a holdout near its share.
     everyone = members[members.audience == "everyone"]
@@ -218,20 +218,26 @@ def test_a_failure_between_staging_and_swap_leaves_the_previous_publication(
 
     if step == "gate":
         monkeypatch.setattr(
-            ml.quality,
+            ml.quality.gates,
             "run_segments_gate",
-            lambda *_: (_ for _ in ()).throw(ml.quality.QualityGateFailed("injected gate failure")),
+            lambda *_: (_ for _ in ()).throw(
+                ml.quality.gates.QualityGateFailed("injected gate failure")
+            ),
         )
     elif step == "exports":
-        monkeypatch.setattr(ml.publish, "file_sha256", _raise)
+        monkeypatch.setattr(ml.segments.publish, "file_sha256", _raise)
     elif step == "tables":
         monkeypatch.setattr(
-            ml.publish, "_replace_published_rows", _after(ml.publish._replace_published_rows)
+            ml.segments.publish,
+            "_replace_published_rows",
+            _after(ml.segments.publish._replace_published_rows),
         )
     else:
-        monkeypatch.setattr(ml.publish, "_swap_exports", _after(ml.publish._swap_exports))
+        monkeypatch.setattr(
+            ml.segments.publish, "_swap_exports", _after(ml.segments.publish._swap_exports)
+        )
 
-    with pytest.raises((OSError, ml.quality.QualityGateFailed), match="injected"):
+    with pytest.raises((OSError, ml.quality.gates.QualityGateFailed), match="injected"):
         publish_segments(staged, AS_OF, run_id="bad", gate_passed=step != "gate")
 
     assert published_rows(staged) == rows
@@ -244,7 +250,9 @@ def test_a_failure_between_staging_and_swap_leaves_the_previous_publication(
 def test_a_failed_first_publication_leaves_nothing_behind(
     staged: Settings, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setattr(ml.publish, "_swap_exports", _after(ml.publish._swap_exports))
+    monkeypatch.setattr(
+        ml.segments.publish, "_swap_exports", _after(ml.segments.publish._swap_exports)
+    )
     with pytest.raises(OSError, match="injected"):
         publish_segments(staged, AS_OF, run_id="bad", gate_passed=True)
     assert list(staged.exports_dir.iterdir()) == []
@@ -253,7 +261,9 @@ def test_a_failed_first_publication_leaves_nothing_behind(
 
 
 def test_publishing_without_staged_rows_says_to_score_first(settings: Settings):
-    with pytest.raises(ml.publish.PublishError, match="nothing staged for 2026-06-30: run scoring"):
+    with pytest.raises(
+        ml.segments.publish.PublishError, match="nothing staged for 2026-06-30: run scoring"
+    ):
         publish_segments(settings, AS_OF, run_id="r", gate_passed=True)
 
 
@@ -286,7 +296,7 @@ def without_engagement(frame: pd.DataFrame) -> pd.DataFrame:
 def test_a_model_not_applicable_is_published_with_its_reason_and_its_filters_select_nobody(
     staged: Settings,
 ):
-    from ml.registry import NotApplicable
+    from ml.models.registry import NotApplicable
 
     audiences = [
         *AUDIENCES,
@@ -332,6 +342,7 @@ def test_scores_without_a_model_version_are_published_only_for_a_model_not_appli
 ):
     stage(staged, without_engagement(scored_frame(seed=1)))
     with pytest.raises(
-        ml.publish.PublishError, match="hold 0 versions in engagement_propensity_model_version"
+        ml.segments.publish.PublishError,
+        match="hold 0 versions in engagement_propensity_model_version",
     ):
         publish_segments(staged, AS_OF, run_id="run-1", gate_passed=True)

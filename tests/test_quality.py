@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from ml.config import Settings
-from ml.ingest import accept_bad_file, ingest_landing
-from ml.quality import (
+from ml.ingest.loader import accept_bad_file, ingest_landing
+from ml.quality.gates import (
     BadFilesWaiting,
     QuarantineTooLarge,
     StaleData,
@@ -19,7 +19,7 @@ from ml.quality import (
     new_rows,
     run_raw_gate,
 )
-from ml.warehouse import connect
+from ml.warehouse.connection import connect
 from tests.conftest import SAMPLE_END
 
 LOAD_TIME = dt.datetime(2026, 7, 1, 6, 0)

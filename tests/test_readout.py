@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from ml.config import Settings
-from ml.ingest import ensure_raw_tables
-from ml.readout import ReadoutError, readout
-from ml.score import ensure_segment_tables
-from ml.warehouse import connect
+from ml.ingest.loader import ensure_raw_tables
+from ml.segments.readout import ReadoutError, readout
+from ml.segments.score import ensure_segment_tables
+from ml.warehouse.connection import connect
 
 AS_OF = dt.date(2026, 6, 30)
 Z95 = 1.959963984540054

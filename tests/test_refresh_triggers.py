@@ -27,9 +27,9 @@ import pandas as pd
 import pytest
 
 from ml.config import Settings, load_settings
-from ml.publish import publish_segments
-from ml.score import score_customers
-from ml.warehouse import connect
+from ml.segments.publish import publish_segments
+from ml.segments.score import score_customers
+from ml.warehouse.connection import connect
 from tests.conftest import PROJECT_DIR, TRAINED_AS_OF, free_port, processes_with_env, run_make
 
 pytestmark = pytest.mark.slow

@@ -15,9 +15,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ml import registry
 from ml.config import Settings, load_settings
-from ml.training_sets import load_training_set, training_set_dir
+from ml.models import registry
+from ml.models.training_sets import load_training_set, training_set_dir
 from tests.conftest import TRAINED_AS_OF
 
 

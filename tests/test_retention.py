@@ -1,4 +1,4 @@
-"""Retention (ml/retention.py): for each kind, what is older than its limit goes, what is newer
+"""Retention (ml/privacy/retention.py): for each kind, what is older than its limit goes, what is newer
 stays, and what must stay (the version in force, the newest export, an aliased model's training
 set, a bad file that still blocks) stays whatever its age. Real DuckDB, real files."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from ml.config import Settings
-from ml.retention import apply_retention
-from ml.warehouse import connect
+from ml.privacy.retention import apply_retention
+from ml.warehouse.connection import connect
 from tests.conftest import TRAINED_AS_OF, copy_of_trained
 
 TODAY = dt.date(2026, 6, 30)
@@ -44,10 +44,10 @@ def _order_version(con, order_id: str, status: str, at: str, source: str) -> Non
 
 
 def _populate_warehouse(settings: Settings) -> None:
-    from ml.ingest import ensure_raw_tables
-    from ml.publish import PUBLICATIONS_COLUMNS
-    from ml.score import ensure_segment_tables
-    from ml.triggers import ensure_trigger_tables
+    from ml.ingest.loader import ensure_raw_tables
+    from ml.segments.publish import PUBLICATIONS_COLUMNS
+    from ml.segments.score import ensure_segment_tables
+    from ml.triggers.refresh import ensure_trigger_tables
 
     with connect(settings) as con:
         ensure_raw_tables(con)
@@ -290,7 +290,7 @@ def test_old_export_folders_go_the_newest_of_each_stays(populated: Settings):
 def test_an_interrupted_removal_leaves_no_half_folder_and_the_next_run_finishes_it(
     populated: Settings, monkeypatch: pytest.MonkeyPatch
 ):
-    import ml.retention
+    import ml.privacy.retention
 
     rmtree = shutil.rmtree
 
@@ -299,7 +299,7 @@ def test_an_interrupted_removal_leaves_no_half_folder_and_the_next_run_finishes_
             raise KeyboardInterrupt(f"killed while deleting {path}")
         rmtree(path, *args, **kwargs)
 
-    monkeypatch.setattr(ml.retention.shutil, "rmtree", killed_at_the_first_export)
+    monkeypatch.setattr(ml.privacy.retention.shutil, "rmtree", killed_at_the_first_export)
     with pytest.raises(KeyboardInterrupt):
         apply_retention(populated, TODAY)
     monkeypatch.undo()

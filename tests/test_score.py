@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 
 from ml.config import Settings, load_settings
-from ml.publish import publish_segments
-from ml.registry import (
+from ml.models.registry import (
     CHAMPION,
     MODEL_KINDS,
     NoChampion,
@@ -20,9 +19,10 @@ from ml.registry import (
     load_champion,
     mlflow_client,
 )
-from ml.score import _model_input, _prepare, score_customers
-from ml.segment_report import EXPERIMENT, segments_summary, write_segment_report
-from ml.warehouse import connect
+from ml.segments.publish import publish_segments
+from ml.segments.report import EXPERIMENT, segments_summary, write_segment_report
+from ml.segments.score import _model_input, _prepare, score_customers
+from ml.warehouse.connection import connect
 from tests.conftest import TRAINED_AS_OF, copy_of_trained
 
 pytestmark = pytest.mark.slow
@@ -71,7 +71,7 @@ def expected_band(scores: pd.Series) -> pd.Series:
 
 
 def test_every_customer_is_scored_by_the_champions(scored: Settings):
-    from ml.personas import PERSONA_CATALOGUE
+    from ml.segments.personas import PERSONA_CATALOGUE
 
     rows = staged(scored)
     with connect(scored, read_only=True) as con:
@@ -223,7 +223,7 @@ def test_a_model_not_applicable_scores_nobody_and_the_rest_is_published(
 ):
     """Engagement marked not applicable (no e-mail events): its columns are null, the other
     models score as usual, and the publication, its report and summary say why."""
-    from ml.registry import mark_not_applicable
+    from ml.models.registry import mark_not_applicable
 
     settings = copy_of_trained(trained_settings, tmp_path)
     reason = "0 of 902 customers clicked an e-mail in the 30 days after 2026-05-31"

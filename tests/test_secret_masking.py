@@ -1,4 +1,4 @@
-"""Secrets stay secret (ml/secret_masking.py): the one masking rule, and where it is applied:
+"""Secrets stay secret (ml/privacy/secret_masking.py): the one masking rule, and where it is applied:
 ConfigError messages, log records, failure records, DAG import errors, the CLI, and the
 command lines of the Makefile and the first Airflow user's creation."""
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 import ml
-from ml.alerts import failure_record, record_task_failure
 from ml.config import ConfigError, load_settings
-from ml.secret_masking import (
+from ml.monitoring.alerts import failure_record, record_task_failure
+from ml.privacy.secret_masking import (
     MASK,
     SecretMaskingFilter,
     install_log_masking,
@@ -244,7 +244,7 @@ def test_the_cli_shows_no_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_the_first_airflow_user_gets_its_password_from_the_environment():
-    from ml.airflow_admin import admin_arguments
+    from ml.orchestration.airflow_admin import admin_arguments
 
     arguments = admin_arguments(
         {

@@ -11,9 +11,9 @@ import pytest
 
 from ml.cli import main
 from ml.config import Settings
-from ml.ingest import ingest_landing
-from ml.synthetic import generate, generate_increment
-from ml.warehouse import connect
+from ml.ingest.loader import ingest_landing
+from ml.synthetic.shop import generate, generate_increment
+from ml.warehouse.connection import connect
 
 END = dt.date(2026, 6, 30)
 

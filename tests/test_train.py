@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml import registry
 from ml.config import Settings
-from ml.evaluate import MIN_OUTCOME_ROWS, not_applicable_reason
-from ml.personas import PERSONA_CATALOGUE, PERSONA_FEATURES, fit_personas, name_personas
-from ml.train import balanced_rows, time_splits
-from ml.training_sets import load_training_set, training_set_dir
+from ml.models import registry
+from ml.models.evaluate import MIN_OUTCOME_ROWS, not_applicable_reason
+from ml.models.train import balanced_rows, time_splits
+from ml.models.training_sets import load_training_set, training_set_dir
+from ml.segments.personas import PERSONA_CATALOGUE, PERSONA_FEATURES, fit_personas, name_personas
 from tests.conftest import TRAINED_AS_OF
 
 
@@ -137,7 +137,7 @@ def test_a_model_without_positive_examples_is_not_applicable_and_registers_nothi
     cold start does not train it again (the next scheduled training judges it anew)."""
     import shutil
 
-    from ml.train import train_and_register, training_summary
+    from ml.models.train import train_and_register, training_summary
 
     directory = tmp_path / "training"
     shutil.copytree(training_set_dir(trained_settings, TRAINED_AS_OF), directory)
@@ -205,7 +205,7 @@ def test_every_champion_loads_by_alias_and_scores_the_warehouse_frame(
         assert "customer_key" not in champion.features
 
     # MLflow's own loader by the alias URI gives the same model (it needs the opt-in that
-    # ml.registry avoids by checking skops' trusted types itself).
+    # ml.models.registry avoids by checking skops' trusted types itself).
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
     registry.mlflow_client(trained_settings)
     by_uri = mlflow.sklearn.load_model("models:/segflow_purchase_propensity@champion")
@@ -323,34 +323,34 @@ def test_personas_retrained_on_the_same_data_keep_their_names(trained_settings: 
 
 
 def test_a_cold_start_trains_only_when_a_champion_is_missing(settings: Settings, monkeypatch):
-    import ml.train
+    import ml.models.train
 
     trained = []
-    monkeypatch.setattr(ml.train.registry, "missing_champions", lambda _: [])
-    monkeypatch.setattr(ml.train, "train_all", lambda _, as_of, kinds: trained.append(as_of))
-    assert ml.train.ensure_champions(settings, TRAINED_AS_OF) == []
+    monkeypatch.setattr(ml.models.train.registry, "missing_champions", lambda _: [])
+    monkeypatch.setattr(ml.models.train, "train_all", lambda _, as_of, kinds: trained.append(as_of))
+    assert ml.models.train.ensure_champions(settings, TRAINED_AS_OF) == []
     assert trained == []
 
 
 def test_a_cold_start_trains_only_the_kinds_without_champion(settings: Settings, monkeypatch):
     """A retry after a failure trains what is still missing: the models that made it get no
     new version on every try."""
-    import ml.train
+    import ml.models.train
 
     missing = [["engagement_propensity"], []]
     trained = []
-    monkeypatch.setattr(ml.train.registry, "missing_champions", lambda _: missing.pop(0))
+    monkeypatch.setattr(ml.models.train.registry, "missing_champions", lambda _: missing.pop(0))
     monkeypatch.setattr(
-        ml.train, "train_all", lambda _, as_of, kinds: trained.append((as_of, list(kinds)))
+        ml.models.train, "train_all", lambda _, as_of, kinds: trained.append((as_of, list(kinds)))
     )
-    assert ml.train.ensure_champions(settings, TRAINED_AS_OF) == ["engagement_propensity"]
+    assert ml.models.train.ensure_champions(settings, TRAINED_AS_OF) == ["engagement_propensity"]
     assert trained == [(TRAINED_AS_OF, ["engagement_propensity"])]
 
 
 def test_a_cold_start_whose_model_misses_its_baseline_stops_with_the_reason(
     settings: Settings, monkeypatch
 ):
-    import ml.train
+    import ml.models.train
 
     reason = "roc_auc 0.5000 does not beat the baseline (0.6471)"
     trained = []
@@ -359,8 +359,8 @@ def test_a_cold_start_whose_model_misses_its_baseline_stops_with_the_reason(
         trained.append(as_of)
         return {"models": {"churn_risk": {"promotion": {"reason": reason}}}}
 
-    monkeypatch.setattr(ml.train.registry, "missing_champions", lambda _: ["churn_risk"])
-    monkeypatch.setattr(ml.train, "train_all", train_all)
+    monkeypatch.setattr(ml.models.train.registry, "missing_champions", lambda _: ["churn_risk"])
+    monkeypatch.setattr(ml.models.train, "train_all", train_all)
     with pytest.raises(registry.NoChampion, match=re.escape(f"segflow_churn_risk: {reason}")):
-        ml.train.ensure_champions(settings, TRAINED_AS_OF)
+        ml.models.train.ensure_champions(settings, TRAINED_AS_OF)
     assert trained == [TRAINED_AS_OF]

@@ -10,8 +10,7 @@ import pytest
 
 from ml.config import Settings, load_settings
 from ml.contract import PERSONAL_COLUMNS
-from ml.pseudonyms import CUSTOMER_ID, pseudonym_key
-from ml.training_sets import (
+from ml.models.training_sets import (
     DRIFT_REFERENCE,
     TrainingSetError,
     build_training_set,
@@ -20,6 +19,7 @@ from ml.training_sets import (
     training_set_dir,
     usable_training_snapshots,
 )
+from ml.privacy.pseudonyms import CUSTOMER_ID, pseudonym_key
 from tests.conftest import TRAINED_AS_OF
 
 D = dt.date
@@ -49,7 +49,7 @@ def test_snapshots_before_the_first_order_are_skipped_and_too_few_refused(caplog
     settings = settings_with()
     plan = plan_snapshots(settings, D(2026, 10, 31))
 
-    with caplog.at_level("INFO", logger="ml.training_sets"):
+    with caplog.at_level("INFO", logger="ml.models.training_sets"):
         kept = usable_training_snapshots(settings, plan, first_order=D(2026, 7, 1))
     assert kept == [D(2026, 7, 3), D(2026, 8, 2), D(2026, 9, 1)]
     assert "snapshot 2026-06-03 is before the first order (2026-07-01): skipped" in caplog.text

@@ -26,7 +26,7 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from ml.config import Settings
-from ml.registry import CHAMPION, MODEL_KINDS, alias_version, registered_name
+from ml.models.registry import CHAMPION, MODEL_KINDS, alias_version, registered_name
 from tests.conftest import free_port, processes_with_env, run_make
 
 pytestmark = pytest.mark.slow

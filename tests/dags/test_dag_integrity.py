@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 
-from ml.orchestration import DAG_TAGS, WAREHOUSE_POOL, WAREHOUSE_QUEUE
+from ml.orchestration.dag_defaults import DAG_TAGS, WAREHOUSE_POOL, WAREHOUSE_QUEUE
 
 DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
 DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
@@ -56,7 +56,7 @@ def test_any_shop_date_runs_and_the_scheduler_starts_from_the_latest_interval(da
 
     from airflow.serialization.serialized_objects import DagSerialization
 
-    from ml.orchestration import DAG_START_DATE
+    from ml.orchestration.dag_defaults import DAG_START_DATE
 
     assert DAG_START_DATE.date() <= dt.date(2000, 1, 1)
     week_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=7, hours=1)
@@ -192,10 +192,10 @@ def test_every_table_the_pipeline_produces_is_an_asset(dag_bag: DagBag):
 
 
 def test_train_models_trains_every_model_weekly_and_on_drift(dag_bag: DagBag):
-    from ml.registry import MODEL_KINDS
+    from ml.models.registry import MODEL_KINDS
 
     dag = dag_bag.dags["train_models"]
-    # The DAG file takes the kinds from ml.orchestration to avoid importing MLflow at parse time.
+    # The DAG file takes the kinds from ml.orchestration.dag_defaults to avoid importing MLflow at parse time.
     assert dag.params["models"] == list(MODEL_KINDS)
     assert dag.get_task("train_model").upstream_task_ids == {
         "build_training_set",
@@ -276,13 +276,13 @@ def test_a_cold_start_without_a_passing_model_fails_without_retrying(
     (AirflowFailException skips the retries) instead of registering more losing versions."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    import ml.train
-    from ml.registry import NoChampion
+    import ml.models.train
+    from ml.models.registry import NoChampion
 
     def nothing_beats_its_baseline(settings, as_of):
         raise NoChampion(f"cold start as of {as_of}: no champion after training")
 
-    monkeypatch.setattr(ml.train, "ensure_champions", nothing_beats_its_baseline)
+    monkeypatch.setattr(ml.models.train, "ensure_champions", nothing_beats_its_baseline)
     task = dag_bag.dags["segment_pipeline"].get_task("ensure_champions")
     with pytest.raises(AirflowFailException, match="no champion after training"):
         task.python_callable(params={"as_of_date": "2026-06-30"})
@@ -318,7 +318,7 @@ def test_refresh_triggers_runs_on_landing_files_through_the_gates_before_the_poo
     dag_bag: DagBag,
 ):
     from ml.config import load_settings
-    from ml.landing_watch import LandingFilesTrigger
+    from ml.orchestration.landing_watch import LandingFilesTrigger
 
     dag = dag_bag.dags["refresh_triggers"]
     (asset,) = dag.timetable.asset_condition.objects

@@ -32,8 +32,8 @@
 {% macro is_valid_email(column) -%}
     {#- Whether the address is a plain address, false when it is null. The rule is segflow's
         one definition (ml/contract.py PLAIN_ADDRESS_PATTERN, applied to exports by
-        ml/consent.py too), which segflow hands to every dbt run it starts in
-        SEGFLOW_PLAIN_ADDRESS_PATTERN (ml/features.py dbt_environment). -#}
+        ml/segments/consent.py too), which segflow hands to every dbt run it starts in
+        SEGFLOW_PLAIN_ADDRESS_PATTERN (ml/features/dbt.py dbt_environment). -#}
     {{ return(adapter.dispatch('is_valid_email', 'segflow')(column)) }}
 {%- endmacro %}
 

@@ -1,0 +1,1 @@
+"""Models: point-in-time training sets, training, evaluation, the MLflow registry and server."""

@@ -1,0 +1,1 @@
+"""Privacy: pseudonyms, erasure, retention, owner-only files and secret masking."""

@@ -1,0 +1,1 @@
+"""Segments: scoring with the champions, personas, consent, publication, audiences, readouts."""

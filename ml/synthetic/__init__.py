@@ -1,0 +1,1 @@
+"""Synthetic shops: generated landing data, and the same delivered as real exports look."""

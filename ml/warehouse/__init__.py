@@ -1,0 +1,1 @@
+"""The DuckDB warehouse: connections, and the definition of each table segflow writes."""
