@@ -36,6 +36,12 @@ export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS ?= admin:admin
 export DO_NOT_TRACK := true
 export AIRFLOW__COSMOS__ENABLE_TELEMETRY := False
 export MLFLOW_PORT ?= 5000
+# segflow runs no MLflow server jobs: the server's eight idle job consumers cost 25 to 30 CPU
+# seconds at each start (ml/models/tracking_server.py does the same for the stack's server).
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION ?= false
+# A task's worker slot frees at the supervisor's next heartbeat after the task ends (default
+# every 5 s): the logs showed 5 s gaps between the tasks of a run.
+export AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL ?= 1
 
 DEMO_CUSTOMERS ?= 10000
 DEMO_DAYS ?= 540
@@ -56,7 +62,7 @@ help:
 	@echo "make demo                 set up, generate $(DEMO_CUSTOMERS) customers, run the pipeline through Airflow"
 	@echo "make run AS_OF=YYYY-MM-DD the daily pipeline for one date (honours SEGFLOW_* overrides)"
 	@echo "make backfill START=... END=...  recompute a date range through the scheduler (after make up)"
-	@echo "make test                 all tests (make test-fast: without the slow end-to-end ones)"
+	@echo "make test                 all tests (make test-fast: the fast tier, under two minutes)"
 	@echo "make up / make down       Airflow UI and MLflow UI on 127.0.0.1"
 	@echo "make bench [SCALE=N]      benchmarks -> docs/benchmarks.md"
 	@echo "make drift-check          a month of daily drift monitoring, steady vs drifted -> docs/drift-check.md"
@@ -110,7 +116,8 @@ demo:
 
 define CHECK_AS_OF
 import sys
-from ml.orchestration.dag_defaults import AsOfDateError, runnable_as_of
+from ml.errors import AsOfDateError
+from ml.orchestration.dag_defaults import runnable_as_of
 try:
     runnable_as_of(sys.argv[1])
 except AsOfDateError as error:
@@ -121,7 +128,8 @@ export CHECK_AS_OF
 # `airflow dags test` reports success even when it ran no task: the run's task states decide.
 define CHECK_RUN_RAN
 import json, sys
-from ml.orchestration.dag_defaults import RunDidNotRun, check_run_ran
+from ml.errors import RunDidNotRun
+from ml.orchestration.dag_defaults import check_run_ran
 try:
     print(check_run_ran(json.load(sys.stdin), required_task="publish"))
 except RunDidNotRun as error:
@@ -148,7 +156,8 @@ run: $(AIRFLOW_READY)
 
 define CHECK_DATE_RANGE
 import sys
-from ml.orchestration.dag_defaults import AsOfDateError, runnable_as_of
+from ml.errors import AsOfDateError
+from ml.orchestration.dag_defaults import runnable_as_of
 try:
     start, end = (runnable_as_of(value) for value in sys.argv[1:3])
 except AsOfDateError as error:
@@ -172,12 +181,14 @@ backfill: $(AIRFLOW_READY)
 		--reprocess-behavior completed --max-active-runs 1
 	@echo "progress: http://127.0.0.1:$(AIRFLOW__API__PORT)/dags/segment_pipeline (runs of type backfill), or: airflow dags list-runs segment_pipeline"
 
-# Two workers, a module each at a time: the Airflow end-to-end modules mostly wait on processes.
+# Every tier on two workers, a module each at a time, in the order tests/conftest.py gives them
+# (costliest tier first) rather than pytest-xdist's own (most tests first).
 test: $(INSTALLED) $(DBT_MANIFEST)
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder
 
+# The fast tier (no test marked slow, airflow or stack) on two workers: under two minutes.
 test-fast: $(INSTALLED) $(DBT_MANIFEST)
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -n 2 --dist loadfile -m "not (slow or airflow or stack)"
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -5,8 +5,9 @@ Trigger segments within minutes of new behaviour: recent buyers, cart and browse
 win-back openers, and immediate suppression on unsubscribe, complaint or bounce (the
 `triggers:` of the audience file, ml/triggers/refresh.py).
 
-Scheduled on the asset `landing_files`: its asset watcher (ml/orchestration/landing_watch.py, run by Airflow's
-triggerer) fires when new files have settled in the landing zone, and each event starts a run.
+Scheduled on the asset `landing_files`: its asset watcher (ml/orchestration/landing_watch.py,
+run by Airflow's triggerer with the triggerer's settings) fires when new files have settled in
+the landing zone, and each event starts a run.
 No manual trigger and no polling schedule are involved; events that arrive during a run start
 one more run after it.
 
@@ -52,19 +53,10 @@ from ml.orchestration.dag_defaults import (
 )
 from ml.orchestration.landing_watch import LandingFilesTrigger
 
-SETTINGS = load_settings()
 LANDING_FILES = Asset(
     name="landing_files",
     uri="file://segflow/landing",
-    watchers=[
-        AssetWatcher(
-            name="landing_files_watcher",
-            trigger=LandingFilesTrigger(
-                landing_dir=str(SETTINGS.landing_dir),
-                poll_seconds=SETTINGS.landing_poll_seconds,
-            ),
-        )
-    ],
+    watchers=[AssetWatcher(name="landing_files_watcher", trigger=LandingFilesTrigger())],
 )
 REFRESH_TASK = {**WAREHOUSE_TASK, "priority_weight": 100, "weight_rule": "absolute"}
 """A refresh's tasks go before the daily and training DAGs' when they wait for the pool."""

@@ -2,7 +2,7 @@
 ### segment_pipeline
 
 The daily run of segflow for one as-of date (the day of the run's logical date, or the
-`as_of_date` param):
+`as_of_date` param), which each task receives as its `as_of` argument, rendered when it runs:
 
 0. **forget_requested**: the erasure requests waiting in the landing folder
    (`erasure_requests/*.csv`): those customers are forgotten everywhere before anything is
@@ -50,15 +50,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-import ml  # noqa: F401  (first: it switches off Cosmos's telemetry, which Cosmos reads on import)
+import ml  # noqa: F401  (first: it switches off telemetry before any library is imported)
 
 # isort: split
 from airflow.sdk import CronDataIntervalTimetable, dag, task
-from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
-from cosmos.constants import InvocationMode, LoadMode, TestBehavior
 
 from ml.config import load_settings
-from ml.features.dbt import DBT_EXECUTABLE, DBT_PROJECT_DIR, dbt_environment
+from ml.orchestration import retraining
+from ml.orchestration.as_of import AS_OF_DATE, as_of_macros, run_as_of
 from ml.orchestration.dag_defaults import (
     AUDIENCE_EXPORTS,
     DAG_START_DATE,
@@ -77,12 +76,8 @@ from ml.orchestration.dag_defaults import (
     WAREHOUSE_TASK,
     as_of_param,
     fail_at_once_on_lasting_errors,
-    resolve_as_of,
 )
-
-# The same date the Python tasks resolve (ml.orchestration.dag_defaults.resolve_as_of), in Jinja for dbt.
-AS_OF_TEMPLATE = "{{ params.as_of_date or (logical_date or data_interval_start) | ds }}"
-SETTINGS = load_settings()
+from ml.orchestration.dbt_tasks import dbt_feature_tasks
 
 
 @dag(
@@ -94,6 +89,7 @@ SETTINGS = load_settings()
     default_args=DEFAULT_ARGS,
     tags=["segflow", "daily"],
     params={"as_of_date": as_of_param("Date to compute")},
+    user_defined_macros=as_of_macros(run_as_of),
     doc_md=__doc__,
 )
 def segment_pipeline():
@@ -106,199 +102,120 @@ def segment_pipeline():
         return None if result is None else result.as_dict()
 
     @task(**WAREHOUSE_TASK, outlets=RAW_TABLES)
-    def ingest(params=None, data_interval_start=None, logical_date=None) -> str:
+    def ingest(as_of: str) -> str:
         """Load new landing files up to the as-of date into raw; quarantine bad rows.
         Returns the load time that marks this run's files, for the raw gate."""
         from ml.ingest.loader import ingest_landing
 
-        report = ingest_landing(
-            load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
-        )
+        report = ingest_landing(load_settings(), as_of=dt.date.fromisoformat(as_of))
         return report.loaded_at.isoformat()
 
     @task(**WAREHOUSE_TASK, retries=0, outlets=[VALIDATION_RESULTS])
-    def raw_gate(loaded_at: str, params=None, data_interval_start=None, logical_date=None) -> None:
+    def raw_gate(loaded_at: str, as_of: str) -> None:
         """Quarantine share and the raw suites on this run's rows: a failure stops the run.
         No retries: the same data fails the same way."""
         from ml.quality.gates import run_raw_gate
 
         run_raw_gate(
             load_settings(),
-            as_of=resolve_as_of(params, data_interval_start, logical_date),
+            as_of=dt.date.fromisoformat(as_of),
             loaded_at=dt.datetime.fromisoformat(loaded_at),
         )
 
     # The marts' assets are updated here: dbt built them, this gate passed them.
     @task(**WAREHOUSE_TASK, retries=0, outlets=[VALIDATION_RESULTS, *FEATURE_MARTS])
-    def features_gate(params=None, data_interval_start=None, logical_date=None) -> None:
+    def features_gate(as_of: str) -> None:
         """The customer_features suite for the date: a failure stops the run."""
         from ml.quality.gates import run_features_gate
 
-        run_features_gate(
-            load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
-        )
+        run_features_gate(load_settings(), as_of=dt.date.fromisoformat(as_of))
 
     @task(**WAREHOUSE_TASK, outlets=[REVIEW_SENTIMENT])
-    def score_review_texts(params=None, data_interval_start=None, logical_date=None) -> int:
+    def score_review_texts(as_of: str) -> int:
         """Score review texts written up to the as-of date that have no score yet."""
         from ml.features.text_signal import score_review_sentiment
 
-        return score_review_sentiment(
-            load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
-        )
-
-    features = DbtTaskGroup(
-        group_id="features",
-        project_config=ProjectConfig(
-            dbt_project_path=DBT_PROJECT_DIR,
-            manifest_path=DBT_PROJECT_DIR / "target" / "manifest.json",
-            install_dbt_deps=False,
-        ),
-        profile_config=ProfileConfig(
-            profile_name="segflow",
-            target_name="local",
-            profiles_yml_filepath=DBT_PROJECT_DIR / "profiles.yml",
-        ),
-        execution_config=ExecutionConfig(
-            dbt_executable_path=str(DBT_EXECUTABLE),
-            # A dbt child process per task releases the DuckDB file when it exits.
-            invocation_mode=InvocationMode.SUBPROCESS,
-        ),
-        render_config=RenderConfig(
-            # The manifest is made by `make setup` (dbt parse): no dbt call when the DAG is parsed.
-            load_method=LoadMode.DBT_MANIFEST,
-            # Staging and intermediate models are ephemeral (inlined into the marts), so Cosmos
-            # shows them as empty tasks; the two marts run, then one task runs every data and
-            # unit test of the project for the date. Three dbt processes instead of thirteen.
-            test_behavior=TestBehavior.AFTER_ALL,
-        ),
-        operator_args={
-            **WAREHOUSE_TASK,
-            "env": dbt_environment(SETTINGS),
-            "append_env": True,
-            "vars": {
-                "as_of_date": AS_OF_TEMPLATE,
-                "label_horizon_days": SETTINGS.label_horizon_days,
-            },
-        },
-        default_args=DEFAULT_ARGS,
-    )
+        return score_review_sentiment(load_settings(), as_of=dt.date.fromisoformat(as_of))
 
     @task(**WAREHOUSE_TASK, outlets=REGISTERED_MODELS)
-    def ensure_champions(params=None, data_interval_start=None, logical_date=None) -> list[str]:
+    def ensure_champions(as_of: str) -> list[str]:
         """Cold start: train the models that have no champion yet (a model not applicable
         waits for the next scheduled training). Returns what was missing."""
         from ml.models.train import ensure_champions
 
         with fail_at_once_on_lasting_errors():
-            return ensure_champions(
-                load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
-            )
+            return ensure_champions(load_settings(), as_of=dt.date.fromisoformat(as_of))
 
     @task(**WAREHOUSE_TASK, inlets=[*FEATURE_MARTS, *REGISTERED_MODELS], outlets=STAGED_SEGMENTS)
-    def score(params=None, data_interval_start=None, logical_date=None) -> int:
+    def score(as_of: str) -> int:
         """Score the date's customers with the champions into staging.customer_segments."""
         from ml.segments.score import score_customers
 
-        return score_customers(
-            load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
-        )
+        return score_customers(load_settings(), as_of=dt.date.fromisoformat(as_of))
 
     @task(**WAREHOUSE_TASK, retries=0, outlets=[VALIDATION_RESULTS])
-    def segments_gate(params=None, data_interval_start=None, logical_date=None) -> None:
+    def segments_gate(as_of: str) -> None:
         """The customer_segments suite on the staged rows: a failure stops the publish."""
         from ml.quality.gates import run_segments_gate
 
-        run_segments_gate(
-            load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
-        )
+        run_segments_gate(load_settings(), as_of=dt.date.fromisoformat(as_of))
 
     @task(**WAREHOUSE_TASK, outlets=[*PUBLISHED_SEGMENTS, AUDIENCE_EXPORTS])
-    def publish(params=None, data_interval_start=None, logical_date=None, run_id=None) -> dict:
+    def publish(as_of: str, run_id=None) -> dict:
         """Swap the gated rows into published.customer_segments and move the exports in place."""
         from ml.segments.publish import publish_segments
 
         return publish_segments(
             load_settings(),
-            as_of=resolve_as_of(params, data_interval_start, logical_date),
+            as_of=dt.date.fromisoformat(as_of),
             run_id=run_id,
             gate_passed=True,  # segments_gate ran on these rows just before
         )
 
     # It only reads the warehouse, but DuckDB lets no other process read while one writes.
     @task(**WAREHOUSE_TASK, outlets=[SEGMENT_REPORT])
-    def segment_report(params=None, data_interval_start=None, logical_date=None) -> str:
+    def segment_report(as_of: str) -> str:
         """The run's segment report (HTML under the reports folder, and in MLflow)."""
         from ml.segments.report import write_segment_report
 
-        return str(
-            write_segment_report(
-                load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
-            )
-        )
+        return str(write_segment_report(load_settings(), as_of=dt.date.fromisoformat(as_of)))
 
     @task(**WAREHOUSE_TASK, outlets=[*MONITORING_TABLES, DRIFT_REPORT])
-    def monitor(params=None, data_interval_start=None, logical_date=None) -> dict:
+    def monitor(as_of: str) -> dict:
         """Drift and realized performance for the date; returns the alert (empty reasons: none)."""
         from ml.monitoring.monitor import monitor
 
-        result = monitor(
-            load_settings(), as_of=resolve_as_of(params, data_interval_start, logical_date)
-        )
-        return result.summary()
+        return monitor(load_settings(), as_of=dt.date.fromisoformat(as_of)).summary()
 
     @task(outlets=[DRIFT_ALERT])
     def drift_alert(verdict: dict, dag_run=None, outlet_events=None) -> dict:
         """Emit the drift alert (it schedules train_models), or skip when there is none."""
-        import logging
-
-        from airflow.sdk.exceptions import AirflowSkipException
-
-        from ml.monitoring.monitor import describe
-
-        if not verdict["reasons"]:
-            raise AirflowSkipException(f"no drift alert for {verdict['as_of_date']}")
-        reasons = "\n  ".join(map(describe, verdict["reasons"]))
-        if dag_run.run_type == "backfill":
-            raise AirflowSkipException(
-                f"drift alert for {verdict['as_of_date']} recorded, not emitted (a backfill "
-                f"retrains nothing):\n  {reasons}"
-            )
-        outlet_events[DRIFT_ALERT].extra = verdict
-        logging.getLogger(__name__).warning(
-            "drift alert for %s: retrain %s\n  %s",
-            verdict["as_of_date"],
-            ", ".join(verdict["models"]),
-            reasons,
-        )
-        return verdict
+        return retraining.emit_drift_alert(verdict, dag_run.run_type, outlet_events[DRIFT_ALERT])
 
     @task(**WAREHOUSE_TASK)
-    def housekeeping(params=None, data_interval_start=None, logical_date=None) -> dict:
+    def housekeeping(as_of: str) -> dict:
         """Remove what is older than its retention limit as of the date; returns the report."""
         from ml.privacy.retention import apply_retention
 
-        return apply_retention(
-            load_settings(), today=resolve_as_of(params, data_interval_start, logical_date)
-        ).as_dict()
+        return apply_retention(load_settings(), today=dt.date.fromisoformat(as_of)).as_dict()
 
-    loaded_at = ingest()
+    loaded_at = ingest(AS_OF_DATE)
     forget_requested() >> loaded_at
     report = (
-        raw_gate(loaded_at)
-        >> score_review_texts()
-        >> features
-        >> features_gate()
-        >> ensure_champions()
-        >> score()
-        >> segments_gate()
-        >> publish()
-        >> segment_report()
+        raw_gate(loaded_at, AS_OF_DATE)
+        >> score_review_texts(AS_OF_DATE)
+        >> dbt_feature_tasks(AS_OF_DATE)
+        >> features_gate(AS_OF_DATE)
+        >> ensure_champions(AS_OF_DATE)
+        >> score(AS_OF_DATE)
+        >> segments_gate(AS_OF_DATE)
+        >> publish(AS_OF_DATE)
+        >> segment_report(AS_OF_DATE)
     )
-    verdict = monitor()
+    verdict = monitor(AS_OF_DATE)
     report >> verdict
     drift_alert(verdict)
-    verdict >> housekeeping()
+    verdict >> housekeeping(AS_OF_DATE)
 
 
 segment_pipeline()

@@ -28,23 +28,29 @@ next try would fail the same way.
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+from pathlib import Path
+
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
 from ml.config import load_settings
+from ml.models.catalogue import MODEL_KINDS
+from ml.orchestration import retraining
+from ml.orchestration.as_of import AS_OF_DATE, as_of_macros
 from ml.orchestration.dag_defaults import (
     DAG_START_DATE,
     DEFAULT_ARGS,
     DRIFT_ALERT,
     FEATURE_MARTS,
-    MODEL_KINDS,
     REGISTERED_MODELS,
     TRAINING_SET,
     WAREHOUSE_TASK,
     as_of_param,
-    drift_request,
     fail_at_once_on_lasting_errors,
-    resolve_as_of,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dag(
@@ -69,32 +75,24 @@ from ml.orchestration.dag_defaults import (
             description="The models to train and promote (all by default).",
         ),
     },
+    user_defined_macros=as_of_macros(retraining.training_as_of),
     doc_md=__doc__,
 )
 def train_models():
     @task(**WAREHOUSE_TASK, inlets=FEATURE_MARTS, outlets=[TRAINING_SET])
-    def build_training_set(
-        params=None, data_interval_start=None, logical_date=None, triggering_asset_events=None
-    ) -> str:
+    def build_training_set(as_of: str) -> str:
         """Snapshots of features and labels up to the as-of date, as Parquet (dbt builds the
         missing ones, hence the warehouse pool)."""
         from ml.models.training_sets import build_training_set
 
-        drift = drift_request(triggering_asset_events)
-        if drift and not params.get("as_of_date"):
-            # Retrain as of the date whose drift raised the alert, on the data that showed it.
-            params = {**params, "as_of_date": drift["as_of_date"]}
-        as_of = resolve_as_of(params, data_interval_start, logical_date)
         with fail_at_once_on_lasting_errors():
-            return str(build_training_set(load_settings(), as_of))
+            return str(build_training_set(load_settings(), dt.date.fromisoformat(as_of)))
 
     # Two cores: one model at a time gets both of them.
     @task(max_active_tis_per_dagrun=1)
     def train_model(kind: str, training_set_dir: str) -> dict:
         """Tune, train, evaluate and register one model as `challenger`, or mark it not
         applicable when the training set cannot support it."""
-        from pathlib import Path
-
         from ml.models.train import train_and_register
 
         with fail_at_once_on_lasting_errors():
@@ -103,42 +101,20 @@ def train_models():
     @task(outlets=REGISTERED_MODELS)
     def promote(trained: dict) -> dict:
         """The promotion gate for one new version (a model not applicable has none)."""
-        from ml.models.registry import promote
-
-        if trained["not_applicable"]:
-            return {
-                "kind": trained["kind"],
-                "status": "not_applicable",
-                "reason": trained["not_applicable"],
-            }
-        return promote(load_settings(), trained["kind"], trained["version"])
+        return retraining.promote_trained(trained)
 
     @task
     def summary(decisions: list[dict]) -> None:
-        import logging
-
-        log = logging.getLogger(__name__)
+        """What was promoted and why, in the log."""
         for decision in decisions:
             log.info("%s", decision)
 
     @task
     def models_to_train(params=None, triggering_asset_events=None) -> list[str]:
-        import logging
+        """The models the `models` param names, or those of them a drift alert names."""
+        return retraining.models_to_train(params["models"], triggering_asset_events)
 
-        from ml.monitoring.monitor import describe
-
-        drift = drift_request(triggering_asset_events)
-        if drift is None:
-            return list(params["models"])
-        logging.getLogger(__name__).warning(
-            "retraining %s on the drift alert of %s:\n  %s",
-            ", ".join(drift["models"]),
-            drift["as_of_date"],
-            "\n  ".join(map(describe, drift["reasons"])),
-        )
-        return [kind for kind in drift["models"] if kind in params["models"]]
-
-    trained = train_model.partial(training_set_dir=build_training_set()).expand(
+    trained = train_model.partial(training_set_dir=build_training_set(AS_OF_DATE)).expand(
         kind=models_to_train()
     )
     summary(promote.expand(trained=trained))

@@ -30,7 +30,8 @@ import pandas as pd
 
 from ml.config import Settings
 from ml.contract import PERSONAL_COLUMNS
-from ml.quality.gates import QualityGateFailed
+from ml.errors import GateFailed
+from ml.warehouse import tables
 from ml.warehouse.connection import connect
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,6 @@ nobody)."""
 NO_VALUES_MARKER = ".segflow-no-unexpected-values"
 """Written into the Data Docs folder once pages from before RESULT_FORMAT (which could show
 unexpected values) are removed."""
-
-
-class GateFailed(QualityGateFailed):
-    """A data quality gate found `error` expectations failing; the message lists them."""
 
 
 @dataclass(frozen=True)
@@ -263,14 +260,7 @@ def store_outcomes(settings: Settings, report: GateReport) -> None:
         ]
     )
     with connect(settings) as con:
-        con.execute("CREATE SCHEMA IF NOT EXISTS quality")
-        con.execute(
-            """CREATE TABLE IF NOT EXISTS quality.validation_results (
-                run_date DATE NOT NULL, suite VARCHAR NOT NULL, expectation VARCHAR NOT NULL,
-                column_name VARCHAR, severity VARCHAR NOT NULL, success BOOLEAN NOT NULL,
-                observed_value VARCHAR, unexpected_count BIGINT, element_count BIGINT,
-                examples JSON, validated_at TIMESTAMP NOT NULL)"""
-        )
+        tables.ensure(con, tables.VALIDATION_RESULTS)
         con.execute("BEGIN TRANSACTION")
         # Results stored before examples were limited to value rules on impersonal columns
         # may hold customer ids: they keep their counts and lose their examples.

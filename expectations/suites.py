@@ -15,9 +15,12 @@ import great_expectations as gx
 from great_expectations import expectations as gxe
 
 from ml.config import QualityThresholds
-from ml.contract import ENTITY_BY_NAME
-from ml.features.dbt import RFM_SEGMENTS
+from ml.contract import EMAIL_DEVICES, ENTITY_BY_NAME
+from ml.features.vocabulary import AGE_BANDS, RFM_SEGMENTS
+from ml.models import catalogue
+from ml.segments.audiences import BANDS
 from ml.segments.consent import SUPPRESSION_REASONS
+from ml.warehouse import tables
 
 ERROR, WARN = "error", "warn"
 
@@ -27,7 +30,6 @@ RATE_FEATURES = (
     "cart_abandonment_rate_30d",
     "avg_review_sentiment",
 )
-AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55-64", "65+", "unknown")
 GUARDED_FEATURES = (
     "frequency",
     "monetary",
@@ -174,7 +176,7 @@ def features_suite(
     checks.append(
         gxe.ExpectColumnValuesToBeInSet(
             column="preferred_device",
-            value_set=["desktop", "mobile", "tablet", "other"],
+            value_set=list(EMAIL_DEVICES),
             meta=_meta(WARN, "devices the e-mail tools know"),
         )
     )
@@ -190,34 +192,10 @@ def features_suite(
     return gx.ExpectationSuite(name="customer_features", expectations=checks)
 
 
-PROBABILITY_COLUMNS = ("purchase_propensity", "churn_risk", "engagement_propensity")
-BANDS = ("low", "medium", "high")
-SEGMENT_COLUMNS = (
-    "customer_id",
-    "as_of_date",
-    "segment",
-    "rfm_segment",
-    "purchase_propensity",
-    "purchase_propensity_band",
-    "churn_risk",
-    "churn_risk_band",
-    "engagement_propensity",
-    "engagement_propensity_band",
-    "predicted_clv",
-    "best_send_hour",
-    "send_hour_source",
-    "is_emailable",
-    "suppression_reason",
-    "holdout_audiences",
-    "personas_model_version",
-    "purchase_propensity_model_version",
-    "churn_risk_model_version",
-    "engagement_propensity_model_version",
-    "customer_value_model_version",
-)
-GUARDED_SCORES = ("purchase_propensity", "engagement_propensity", "predicted_clv")
+GUARDED_SCORES = tuple(m.output_column for m in catalogue.SCORES if not m.active_only)
 """Scores whose mean is held within a band of the previous publications (warn): a model that
-suddenly scores everyone high or low is worth a look before a marketer notices."""
+suddenly scores everyone high or low is worth a look before a marketer notices. The scores every
+customer gets (churn risk: active customers only)."""
 
 
 def segments_suite(
@@ -229,12 +207,10 @@ def segments_suite(
 ) -> gx.ExpectationSuite:
     """The scored segments of one date, in staging, before they are published. A model kind in
     `not_applicable` scored nobody: its score and model version columns must be empty."""
-    from ml.segments.score import OUTPUT_COLUMNS
-
-    empty = {OUTPUT_COLUMNS[kind] for kind in not_applicable}
+    empty = {catalogue.model(kind).output_column for kind in not_applicable}
     checks = [
         gxe.ExpectTableColumnsToMatchSet(
-            column_set=list(SEGMENT_COLUMNS),
+            column_set=list(tables.CUSTOMER_SEGMENTS.column_names),
             exact_match=True,
             meta=_meta(ERROR, "the published segments' columns"),
         ),
@@ -245,13 +221,12 @@ def segments_suite(
             column="customer_id", meta=_meta(ERROR, "one row per customer")
         ),
     ]
+    # Every output but churn risk (active customers only) is every customer's.
     for column in (
         "customer_id",
-        "segment",
+        catalogue.PERSONAS.output_column,
         "rfm_segment",
-        "purchase_propensity",
-        "engagement_propensity",
-        "predicted_clv",
+        *(model.output_column for model in catalogue.SCORES if not model.active_only),
         "best_send_hour",
         "is_emailable",
     ):
@@ -262,10 +237,10 @@ def segments_suite(
                 column=column, meta=_meta(ERROR, "every customer is scored")
             )
         )
-    for column in PROBABILITY_COLUMNS:
+    for model in catalogue.PROBABILITIES:
         checks.append(
             gxe.ExpectColumnValuesToBeBetween(
-                column=column,
+                column=model.output_column,
                 min_value=0,
                 max_value=1,
                 meta=_meta(ERROR, "a probability lies in [0, 1]"),
@@ -273,12 +248,16 @@ def segments_suite(
         )
         checks.append(
             gxe.ExpectColumnValuesToBeInSet(
-                column=f"{column}_band", value_set=list(BANDS), meta=_meta(ERROR, "bands")
+                column=model.band_column, value_set=list(BANDS), meta=_meta(ERROR, "bands")
             )
         )
     checks += [
-        gxe.ExpectColumnValuesToBeBetween(
-            column="predicted_clv", min_value=0, meta=_meta(ERROR, "revenue is >= 0")
+        *(
+            gxe.ExpectColumnValuesToBeBetween(
+                column=model.output_column, min_value=0, meta=_meta(ERROR, "revenue is >= 0")
+            )
+            for model in catalogue.SCORES
+            if not model.probability
         ),
         gxe.ExpectColumnValuesToBeBetween(
             column="best_send_hour", min_value=0, max_value=23, meta=_meta(ERROR, "an hour")
@@ -309,23 +288,24 @@ def segments_suite(
         ),
     ]
     for kind in not_applicable:
-        for column in (OUTPUT_COLUMNS[kind], f"{kind}_model_version"):
+        model = catalogue.model(kind)
+        for column in (model.output_column, model.version_column):
             checks.append(
                 gxe.ExpectColumnValuesToBeNull(
                     column=column, meta=_meta(ERROR, "a model not applicable scores nobody")
                 )
             )
-    for kind in (kind for kind in OUTPUT_COLUMNS if kind not in not_applicable):
+    for model in (model for model in catalogue.MODELS if model.kind not in not_applicable):
         checks.append(
             gxe.ExpectColumnValuesToBeBetween(
-                column=f"{kind}_model_version",
+                column=model.version_column,
                 min_value=1,
                 meta=_meta(ERROR, "every score names the model version behind it"),
             )
         )
         checks.append(
             gxe.ExpectColumnValuesToNotBeNull(
-                column=f"{kind}_model_version",
+                column=model.version_column,
                 meta=_meta(ERROR, "every score names the model version behind it"),
             )
         )
@@ -334,16 +314,8 @@ def segments_suite(
     return gx.ExpectationSuite(name="customer_segments", expectations=checks)
 
 
-TRIGGER_MEMBER_COLUMNS = (
-    "refresh_id",
-    "trigger",
-    "customer_id",
-    "event_at",
-    "event_detail",
-    "is_holdout",
-    "evaluated_at",
-    "suppression_reason",
-)
+TRIGGER_MEMBER_COLUMNS = (*tables.STAGED_TRIGGER_MEMBERS.column_names, "suppression_reason")
+"""A refresh's staged members, with each one's consent as the warehouse knows it now."""
 
 
 def trigger_members_suite(trigger_names: list[str]) -> gx.ExpectationSuite:

@@ -14,21 +14,30 @@ import traceback
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ml.config import ConfigError, load_settings
-from ml.features.dbt import FeatureBuildError
-from ml.ingest.loader import ContractViolation
-from ml.models.registry import NoChampion
-from ml.models.training_sets import TrainingSetError
-from ml.monitoring.monitor import MonitoringError
-from ml.privacy.erasure import ErasureError
+from ml.config import load_settings
+from ml.errors import (
+    AudienceError,
+    ConfigError,
+    ContractViolation,
+    ErasureError,
+    FeatureBuildError,
+    MonitoringError,
+    NoChampion,
+    PublishError,
+    QualityGateFailed,
+    ReadoutError,
+    ScoringError,
+    TrainingSetError,
+    TriggerError,
+)
+from ml.features.dbt import build_features, features_summary, run_dbt
+from ml.models import tracking_server
 from ml.privacy.permissions import secure_data_dir
 from ml.privacy.secret_masking import mask_secrets
-from ml.quality.gates import QualityGateFailed
-from ml.segments.audiences import AudienceError
-from ml.segments.publish import PublishError
-from ml.segments.readout import ReadoutError
-from ml.segments.score import ScoringError
-from ml.triggers.refresh import TriggerError
+
+# The other commands import the modules they run inside their function: `segflow --help` and
+# `segflow config` stay free of duckdb, pyarrow, pandas, scikit-learn and MLflow (dbt is
+# imported only when a dbt command runs).
 
 
 def _date(text: str) -> dt.date:
@@ -148,7 +157,7 @@ def _generate_as_exported(args: argparse.Namespace, shop: dict, started: float) 
 
 
 def _generate_increment(args: argparse.Namespace) -> None:
-    from ml.synthetic.shop import generate_increment
+    from ml.synthetic.increments import generate_increment
 
     at = args.at or dt.datetime.now(dt.UTC)
     try:
@@ -176,8 +185,6 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 
 def cmd_features(args: argparse.Namespace) -> None:
-    from ml.features.dbt import build_features
-
     build_features(load_settings(), as_of=args.as_of, label_as_of=args.label_as_of)
     print(f"customer_features built for {args.as_of}, training_labels for its label date")
 
@@ -282,7 +289,7 @@ def cmd_quarantine(args: argparse.Namespace) -> None:
 
 
 def cmd_forget(args: argparse.Namespace) -> None:
-    from ml.privacy.erasure import ErasureError, forget, forget_requested, read_identities
+    from ml.privacy.erasure import forget, forget_requested, read_identities
 
     settings = load_settings()
     ids, addresses = set(args.customer_id), set(args.email)
@@ -308,14 +315,11 @@ def cmd_forget(args: argparse.Namespace) -> None:
 
 
 def cmd_dbt(args: argparse.Namespace) -> None:
-    from ml.features.dbt import run_dbt
-
     result = run_dbt(load_settings(), *args.dbt_args)
     print(result.stdout, end="")
 
 
 def cmd_status(_: argparse.Namespace) -> None:
-    from ml.features.dbt import features_summary
     from ml.ingest.loader import raw_summary
     from ml.models.train import training_summary
     from ml.monitoring.monitor import monitoring_summary
@@ -365,9 +369,7 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 
 def cmd_tracking_server(args: argparse.Namespace) -> None:
-    from ml.models.tracking_server import start
-
-    start(args.host, args.port, args.workers)
+    tracking_server.start(args.host, args.port, args.workers)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,21 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ml.privacy.secret_masking import mask_secrets
+from ml.errors import ConfigError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 KNOWN_TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "http", "https", "file", "databricks")
-
-
-class ConfigError(ValueError):
-    """A setting from the environment cannot be used; the message names the variable.
-
-    The message passes through the masking rule (ml/privacy/secret_masking.py): a value it repeats
-    keeps no password or token (the message becomes a DAG import error in Airflow's UI)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(mask_secrets(message))
 
 
 @dataclass(frozen=True)

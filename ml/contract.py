@@ -6,6 +6,7 @@ from the same facts, so there is one definition of what a user must bring.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass, field
 
@@ -285,3 +286,9 @@ def spelling(value: str) -> str:
     """The normalised spelling of a name or value: `Order ID`, `order-id` and `ORDER_ID` are all
     `order_id`; `Marked Email as Spam` is `marked_email_as_spam`."""
     return re.sub(r"[^0-9a-z]+", "_", value.strip().lower()).strip("_")
+
+
+def as_of_cutoff(as_of: dt.date) -> dt.datetime:
+    """The first instant no longer "as of" the date, the start of the next day: what is computed
+    as of a date sees only rows before it (dbt's `as_of_cutoff` macro)."""
+    return dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())

@@ -1,6 +1,6 @@
 """Every CSV file segflow writes goes through `write_csv`, which applies the spreadsheet formula
 rule: the audience exports (ml/segments/publish.py), the trigger exports and `suppressions.csv`
-(ml/triggers/exports.py) and the tables logged with each trained model (ml/models/train.py).
+(ml/triggers/exports.py) and the tables logged with each trained model (ml/models/fitting.py).
 
 The rule (OWASP, "CSV injection"): a spreadsheet opening a CSV runs a cell that begins with
 `=`, `+`, `-` or `@` as a formula (`=HYPERLINK(...)` links anywhere, `=cmd|...` ran commands in
@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
+from ml.warehouse.sql import identifier, literal
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -48,10 +50,6 @@ class WrittenCsv:
     rows: int
     cells_neutralised: int
     """Text cells that were given a leading quote."""
-
-
-def _identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _starts_like_a_formula(column: str) -> str:
@@ -88,16 +86,15 @@ def write_csv(
     con.execute(f"CREATE OR REPLACE TEMP TABLE csv_rows AS {select}", params)
     try:
         columns = text_columns(con, "SELECT * FROM csv_rows", [])
-        text = [_identifier(name) for name, is_text in columns if is_text]
+        text = [identifier(name) for name, is_text in columns if is_text]
         written = ", ".join(
-            f"{neutralised(_identifier(name))} AS {_identifier(name)}"
+            f"{neutralised(identifier(name))} AS {identifier(name)}"
             if is_text
-            else _identifier(name)
+            else identifier(name)
             for name, is_text in columns
         )
-        target = str(path).replace("'", "''")
         rows = con.execute(
-            f"COPY (SELECT {written} FROM csv_rows) TO '{target}' ({CSV_OPTIONS})"
+            f"COPY (SELECT {written} FROM csv_rows) TO {literal(str(path))} ({CSV_OPTIONS})"
         ).fetchone()[0]
         cells = 0
         if text and rows:

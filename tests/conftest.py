@@ -1,13 +1,29 @@
-"""Shared fixtures: an isolated data folder per test, and small generated landing data."""
+"""Shared fixtures (an isolated data folder per test, generated landing data, a trained setup)
+and the order `make test` runs the modules in.
+
+The tests come in tiers by cost, each a marker (pyproject.toml); a test carries its costliest:
+- none: fast, pure functions and small data (`make test-fast` runs only these);
+- `slow`: real data through dbt, training, or a generated shop of a thousand customers (every
+  test that uses `trained_settings` is);
+- `airflow`: starts Airflow itself (`airflow dags test`, `make run`, `make up`);
+- `stack`: the production stack (Postgres, Redis, Celery workers, an MLflow server).
+
+`make test` runs every tier on two pytest-xdist workers, a module per worker at a time, in the
+order of pytest_collection_modifyitems: costliest tier first, so that the long modules run
+beside the many short ones instead of after them. The expensive session fixtures are built
+once per run (built_once), not once per worker.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import os
 import re
 import shutil
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +36,8 @@ os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(PROJECT_DIR / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 from ml.config import Settings, load_settings  # noqa: E402
-from ml.features.dbt import DBT_PROJECT_DIR, run_dbt  # noqa: E402
+from ml.features.dbt import DBT_PROJECT_DIR, build_features, run_dbt  # noqa: E402
+from ml.ingest.loader import ingest_landing  # noqa: E402
 from ml.synthetic.shop import generate  # noqa: E402
 
 COMPOSE_TEXT = (PROJECT_DIR / "docker-compose.yml").read_text()
@@ -33,15 +50,35 @@ TRAINED_AS_OF = dt.date(2026, 6, 30)
 """The date `trained_settings` trained its models as of, and has customer_features for."""
 
 
-LONGEST_MODULES = ("test_production_stack.py", "test_refresh_triggers.py")
+COSTLY_TIERS = ("stack", "airflow", "slow")
+"""The markers of the costly tiers, costliest first; a test with none of them is fast."""
+
+
+def tier_rank(item: pytest.Item) -> int:
+    """The position of the item's costliest tier in COSTLY_TIERS; fast tests come after all."""
+    ranks = [
+        COSTLY_TIERS.index(mark.name) for mark in item.iter_markers() if mark.name in COSTLY_TIERS
+    ]
+    return min(ranks, default=len(COSTLY_TIERS))
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """A test that uses the trained setup is slow at least, whatever its own marks say: the
+    setup takes a minute to build."""
+    uses_trained = "trained_settings" in getattr(item, "fixturenames", ())
+    if uses_trained and tier_rank(item) == len(COSTLY_TIERS):
+        item.add_marker(pytest.mark.slow)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest modules first: `make test` runs the modules on two workers (pytest-xdist,
-    one module per worker at a time), so each worker starts with one of them and runs the
-    others beside it instead of last."""
-    order = {name: rank for rank, name in enumerate(LONGEST_MODULES)}
-    items.sort(key=lambda item: order.get(item.path.name, len(order)))
+    """Modules costliest tier first (a module's tier is its costliest test's), each whole and
+    in its own order. pytest-xdist hands the modules to `make test`'s two workers in this order
+    (--dist loadfile --no-loadscope-reorder): the production stack starts at once, and the
+    shorter modules run on the other worker beside it."""
+    module_rank: dict[Path, int] = {}
+    for item in items:
+        module_rank[item.path] = min(module_rank.get(item.path, len(COSTLY_TIERS)), tier_rank(item))
+    items.sort(key=lambda item: module_rank[item.path])
 
 
 def run_make(target: str, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
@@ -104,12 +141,38 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]
+) -> Path:
+    """The folder `name`, built by `build(folder)` once per test run. Under pytest-xdist the
+    first worker to ask builds it in the run's temporary folder, which every worker shares,
+    while the others wait for the lock; then all of them read it. It is built in place (what
+    it holds names its own paths, e.g. MLflow's artifact locations) and counts as built once
+    `build` returned: no worker reads half a build, and a failed one is built again."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's, above each worker's own
+    folder, built = shared / name, shared / f"{name}.built"
+    with (shared / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not built.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            built.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def generated_landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """300 customers over 90 days, generated once per session; copy it before changing it."""
-    out = tmp_path_factory.mktemp("generated") / "landing"
-    generate(out, customers=300, days=90, end_date=SAMPLE_END, seed=11, progress=False)
-    return out
+    """300 customers over 90 days, generated once per run; copy it before changing it."""
+
+    def generate_landing(root: Path) -> None:
+        generate(
+            root / "landing", customers=300, days=90, end_date=SAMPLE_END, seed=11, progress=False
+        )
+
+    return built_once(tmp_path_factory, "generated", generate_landing) / "landing"
 
 
 @pytest.fixture
@@ -127,31 +190,42 @@ def dbt_manifest() -> Path:
     return manifest
 
 
-@pytest.fixture(scope="session")
-def trained_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """1,000 generated customers over 240 days up to TRAINED_AS_OF, ingested, features built for
-    TRAINED_AS_OF, and every model kind trained (two training snapshots) and promoted to
-    champion in a temporary MLflow store. Built once per session: tests that change the
-    warehouse or the registry work on a copy."""
-    from ml.features.dbt import build_features
-    from ml.ingest.loader import ingest_landing
-    from ml.models.train import train_all
-
-    root = tmp_path_factory.mktemp("trained")
-    generate(
-        root / "landing", customers=1000, days=240, end_date=TRAINED_AS_OF, seed=11, progress=False
-    )
-    settings = load_settings(
+def trained_settings_in(root: Path) -> Settings:
+    """The settings of the trained setup built in `root`."""
+    return load_settings(
         {
             "SEGFLOW_DATA_DIR": str(root / "data"),
             "SEGFLOW_LANDING_DIR": str(root / "landing"),
             "SEGFLOW_TRAINING_SNAPSHOTS": "2",
         }
     )
-    ingest_landing(settings, as_of=TRAINED_AS_OF)
-    build_features(settings, TRAINED_AS_OF)
-    train_all(settings, TRAINED_AS_OF)
-    return settings
+
+
+@pytest.fixture(scope="session")
+def trained_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """1,000 generated customers over 240 days up to TRAINED_AS_OF, ingested, features built for
+    TRAINED_AS_OF, and every model kind trained (two training snapshots) and promoted to
+    champion in a temporary MLflow store. Built once per run and shared by the workers: read
+    it only; tests that change the warehouse or the registry work on a copy."""
+
+    def train(root: Path) -> None:
+        # mlflow and scikit-learn take seconds to import: only where a test needs the models.
+        from ml.models.train import train_all
+
+        generate(
+            root / "landing",
+            customers=1000,
+            days=240,
+            end_date=TRAINED_AS_OF,
+            seed=11,
+            progress=False,
+        )
+        settings = trained_settings_in(root)
+        ingest_landing(settings, as_of=TRAINED_AS_OF)
+        build_features(settings, TRAINED_AS_OF)
+        train_all(settings, TRAINED_AS_OF)
+
+    return trained_settings_in(built_once(tmp_path_factory, "trained", train))
 
 
 def copy_of_trained(trained: Settings, root: Path) -> Settings:

@@ -19,9 +19,9 @@ from types import SimpleNamespace
 import pytest
 
 import ml.orchestration.dag_defaults  # noqa: F401  (imports Airflow, which sets up logging, before caplog does)
-from ml.config import ConfigError, load_settings
+from ml.config import load_settings
+from ml.errors import ConfigError, QuarantineTooLarge
 from ml.monitoring.alerts import failures_path, record_task_failure
-from ml.quality.gates import QuarantineTooLarge
 from tests.conftest import free_port
 
 AS_OF = dt.date(2026, 6, 30)
@@ -164,7 +164,7 @@ def test_a_failure_is_recorded_as_one_json_line_without_e_mail_addresses(data_di
         "try_number": 1,
         "logical_date": "2026-06-30T00:00:00+00:00",
         "as_of_date": "2026-06-30",
-        "exception_class": "ml.quality.gates.QuarantineTooLarge",
+        "exception_class": "ml.errors.QuarantineTooLarge",
         "exception_message": "quarantine above SEGFLOW_QUARANTINE_MAX_SHARE=5.0% for orders "
         "40.0%\n    12 amount: must be >= 0\n    e.g. <e-mail>, <e-mail>",
         "log_url": "http://localhost:8080/dags/segment_pipeline/runs/manual/tasks/raw_gate",
@@ -194,7 +194,7 @@ def test_the_mail_goes_out_through_airflows_smtp_settings(data_dir: Path, smtp_s
     assert message["Subject"] == "segflow: segment_pipeline.raw_gate failed (as of 2026-06-30)"
     body = next(p for p in message.walk() if p.get_content_type() == "text/html")
     html = body.get_payload(decode=True).decode()
-    assert "ml.quality.gates.QuarantineTooLarge" in html and "amount: must be &gt;= 0" in html
+    assert "ml.errors.QuarantineTooLarge" in html and "amount: must be &gt;= 0" in html
     assert "@" not in html  # the customers' addresses in the message are masked
 
 

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from ml.config import PROJECT_DIR
-from ml.segments.audiences import AudienceError, build_members, load_audiences
+from ml.errors import AudienceError
+from ml.segments.audiences import build_members, load_audiences
 
 AS_OF = dt.date(2026, 6, 30)
 

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from ml.config import PROJECT_DIR, ConfigError, load_settings
+from ml.config import PROJECT_DIR, load_settings
+from ml.errors import ConfigError
 from ml.privacy.secret_masking import mask_secrets
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from ml.config import Settings
-from ml.ingest.loader import ensure_raw_tables
+from ml.ingest.raw_tables import ensure_raw_tables
 from ml.segments.consent import create_current_suppressions
 from ml.warehouse.connection import connect
 

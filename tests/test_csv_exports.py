@@ -23,7 +23,7 @@ from ml.csv_exports import (
     write_frame_csv,
 )
 from ml.features.dbt import run_dbt
-from ml.ingest.loader import ensure_raw_tables
+from ml.ingest.raw_tables import ensure_raw_tables
 from ml.segments.consent import create_current_suppressions, is_plain_address_sql
 from ml.segments.publish import publish_segments
 from ml.warehouse.connection import connect

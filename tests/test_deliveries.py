@@ -324,6 +324,7 @@ def test_the_exports_deliver_the_same_shop_as_generate(delivered, plain: Path):
             assert sorted(got, key=str) == expected, entity
 
 
+@pytest.mark.slow  # a daily ingest for every day of the delivery
 def test_a_delivery_as_exported_loads_day_by_day_with_nothing_lost(exported, tmp_path):
     """The loader on the whole delivery, a daily run at a time: every row is loaded,
     unchanged, held or rejected, the held ones load once their customer arrives, and raw keeps

@@ -92,8 +92,8 @@ def test_segment_mix_is_compared_with_the_mean_shares_of_the_previous_runs(tmp_p
     import duckdb
 
     from ml.config import load_settings
-    from ml.monitoring.monitor import _segment_mix_drift
-    from ml.segments.score import ensure_segment_tables
+    from ml.monitoring.checks import segment_mix_drift
+    from ml.warehouse import tables
 
     mixes = {  # date -> (persona shares over 100 customers, personas version)
         dt.date(2026, 7, 1): ({"a": 50, "b": 50}, 1),
@@ -102,7 +102,7 @@ def test_segment_mix_is_compared_with_the_mean_shares_of_the_previous_runs(tmp_p
         dt.date(2026, 7, 4): ({"a": 20, "b": 70, "c": 10}, 2),
     }
     con = duckdb.connect(str(tmp_path / "w.duckdb"))
-    ensure_segment_tables(con, "published")
+    tables.ensure(con, *tables.PUBLISHED_SEGMENTS)
     for date, (counts, version) in mixes.items():
         for segment, n in counts.items():
             con.execute(
@@ -113,7 +113,7 @@ def test_segment_mix_is_compared_with_the_mean_shares_of_the_previous_runs(tmp_p
             )
     notes: list[str] = []
     thresholds = load_settings({}).monitoring
-    rows = _segment_mix_drift(con, dt.date(2026, 7, 4), {"personas": 2}, thresholds, notes)
+    rows = segment_mix_drift(con, dt.date(2026, 7, 4), {"personas": 2}, thresholds, notes)
     by_name = {row["name"]: row for row in rows}
     # Personas: only the earlier dates scored by the same version (2 July and 3 July).
     expected = drift.psi(np.array([0.65, 0.35, 0.0]), np.array([0.2, 0.7, 0.1]))

@@ -13,6 +13,7 @@ import pytest
 
 from ml.config import Settings
 from ml.contract import ENTITY_BY_NAME
+from ml.errors import GateFailed
 
 AS_OF = dt.date(2026, 6, 30)
 LOADED = dt.datetime(2026, 7, 1, 3, 0)
@@ -258,7 +259,7 @@ def test_each_bad_raw_frame_fails_exactly_its_expectation(
     assert len(found) == 1, found
     assert found[0][:2] == (expectation, column)
     assert why in found[0][2]
-    with pytest.raises(runner.GateFailed) as error:
+    with pytest.raises(GateFailed) as error:
         report.raise_on_errors()
     message = str(error.value)
     assert f"gate 'raw_{entity}' failed for {AS_OF}" in message
@@ -342,7 +343,7 @@ def test_each_bad_features_frame_fails_exactly_its_expectation(
     if severity == "warn":
         report.raise_on_errors()  # recorded, but the run goes on
     else:
-        with pytest.raises(runner.GateFailed, match=expectation):
+        with pytest.raises(GateFailed, match=expectation):
             report.raise_on_errors()
 
 
@@ -411,7 +412,7 @@ def test_no_customer_id_or_address_reaches_results_data_docs_or_messages(
     suite = gx.ExpectationSuite(name="raw_customers", expectations=checks)
     with caplog.at_level("INFO"):
         report = runner.validate_frame(settings, frame, suite, AS_OF)
-        with pytest.raises(runner.GateFailed) as error:
+        with pytest.raises(GateFailed) as error:
             report.raise_on_errors()
     assert {(o.expectation, o.column) for o in report.outcomes if not o.success} == {
         ("expect_compound_columns_to_be_unique", None),
@@ -633,7 +634,7 @@ def test_each_bad_segments_frame_fails_exactly_its_expectation(
     if severity == "warn":
         report.raise_on_errors()
     else:
-        with pytest.raises(runner.GateFailed) as error:
+        with pytest.raises(GateFailed) as error:
             report.raise_on_errors()
         assert f"gate 'customer_segments' failed for {AS_OF}" in str(error.value)
         assert expectation in str(error.value)

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from ml.config import Settings, load_settings
-from ml.features.dbt import FeatureBuildError, build_features, run_dbt
+from ml.errors import FeatureBuildError
+from ml.features.dbt import build_features, run_dbt
 from ml.ingest.loader import ingest_landing
 from tests.conftest import SAMPLE_END
 

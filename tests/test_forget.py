@@ -22,8 +22,10 @@ import pandas as pd
 import pytest
 
 from ml.config import Settings, load_settings
+from ml.errors import ErasureError
 from ml.features.dbt import build_features
-from ml.ingest.loader import ERASED_RULE, ingest_landing
+from ml.ingest.loader import ingest_landing
+from ml.ingest.row_rules import ERASED_RULE
 from ml.privacy.erasure import forget, forget_requested, rebuild_warehouse
 from ml.privacy.pseudonyms import CUSTOMER_ID, EMAIL, pseudonym_key
 from ml.segments.publish import publish_segments
@@ -228,8 +230,6 @@ def test_a_request_file_without_identities_names_the_file_and_line(
     requests = landing_copy / "erasure_requests"
     requests.mkdir()
     (requests / "batch.csv").write_text("customer_id,email\n,\n")
-    from ml.privacy.erasure import ErasureError
-
     with pytest.raises(ErasureError, match=r"batch.csv, line 2: neither customer_id nor email"):
         forget_requested(settings)
     assert (requests / "batch.csv").exists()
@@ -255,8 +255,6 @@ def test_freed_blocks_keep_deleted_values_until_the_file_is_rebuilt(tmp_path: Pa
 
 
 def test_an_empty_request_is_refused(settings: Settings) -> None:
-    from ml.privacy.erasure import ErasureError
-
     with pytest.raises(ErasureError, match="nothing to forget"):
         forget(settings, set(), {" "})
 

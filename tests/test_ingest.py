@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from ml.config import Settings
-from ml.ingest.loader import ContractViolation, ingest_landing, quarantine_lines, raw_summary
+from ml.errors import ContractViolation
+from ml.ingest.loader import ingest_landing, quarantine_lines, raw_summary
 
 LOAD_TIME = dt.datetime(2026, 7, 1, 12, 0)
 CUSTOMERS = [
@@ -607,8 +608,7 @@ def test_a_warehouse_from_before_is_minimised_once(settings: Settings):
     """Quarantine rows with whole records and extra values in raw, as earlier versions kept
     them: personal values become their shape, records lose personal fields (by the file's
     spelling of them), extra columns keep their names only."""
-    from ml.ingest.loader import ensure_raw_tables
-
+    
     minimal_landing(settings.landing_dir)
     ingest(settings)
     with duckdb.connect(str(settings.warehouse_path)) as con:
@@ -667,3 +667,4 @@ def test_summary_reports_tables_and_quarantine(settings: Settings):
         "ordered_at 2026-06-01 .. 2026-06-02" in summary
     )
     assert "1 orders.amount: must be >= 0 -> row rejected" in summary
+

@@ -146,7 +146,7 @@ def test_ingest_killed_between_batches_keeps_whole_files_and_the_rerun_completes
     # batch committed.
     run_and_kill(
         settings,
-        "ml.ingest.loader:_write_checked",
+        "ml.ingest.loader:write_checked",
         5,
         step="ingest",
         as_of=TRAINED_AS_OF,

@@ -14,6 +14,14 @@ from ml.orchestration.landing_watch import MAX_BUSY_POLLS, WATERMARK_KEY, Landin
 POLL_S = 0.02
 
 
+@pytest.fixture(autouse=True)
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watcher reads the landing folder and its poll from the settings when it starts: in
+    Airflow, those of the triggerer that runs it."""
+    monkeypatch.setenv("SEGFLOW_LANDING_DIR", str(tmp_path))
+    monkeypatch.setenv("SEGFLOW_LANDING_POLL_SECONDS", str(POLL_S))
+
+
 class StateStore:
     """Airflow's asset state store as the triggerer hands it to a watcher (one asset)."""
 
@@ -59,7 +67,7 @@ async def events(trigger: LandingFilesTrigger, polls: int, during=None) -> list[
 def test_new_files_fire_one_event_per_burst_and_history_none(tmp_path: Path):
     write(tmp_path, "orders/date=2026-11-30/part-0.parquet")
     store = StateStore()
-    trigger = LandingFilesTrigger(str(tmp_path), poll_seconds=POLL_S)
+    trigger = LandingFilesTrigger()
     trigger.asset_state_store = store
 
     def land(poll: int) -> None:
@@ -90,7 +98,7 @@ def test_new_files_fire_one_event_per_burst_and_history_none(tmp_path: Path):
 def test_an_erasure_request_fires_a_refresh_too(tmp_path: Path):
     """refresh_triggers forgets first: a request is honoured within minutes, not at 02:00."""
     write(tmp_path, "orders/date=2026-11-30/part-0.parquet")
-    trigger = LandingFilesTrigger(str(tmp_path), poll_seconds=POLL_S)
+    trigger = LandingFilesTrigger()
     trigger.asset_state_store = StateStore()
 
     def request(poll: int) -> None:
@@ -105,25 +113,25 @@ def test_an_erasure_request_fires_a_refresh_too(tmp_path: Path):
 def test_a_restarted_watcher_fires_for_what_landed_meanwhile_and_not_again(tmp_path: Path):
     write(tmp_path, "orders/a.csv")
     store = StateStore()
-    first = LandingFilesTrigger(str(tmp_path), poll_seconds=POLL_S)
+    first = LandingFilesTrigger()
     first.asset_state_store = store
     assert asyncio.run(events(first, 3)) == []
 
     write(tmp_path, "orders/b.csv")  # while no watcher runs
-    again = LandingFilesTrigger(str(tmp_path), poll_seconds=POLL_S)
+    again = LandingFilesTrigger()
     again.asset_state_store = store
     assert [e["files"] for e in asyncio.run(events(again, 15))] == [["orders/b.csv"]]
 
     # A file rewritten in place changed: it is new again. Nothing else is.
     os.utime(tmp_path / "orders" / "a.csv")  # touches the change time too
     (tmp_path / "orders" / "a.csv").write_text("event_id\n2\n")
-    third = LandingFilesTrigger(str(tmp_path), poll_seconds=POLL_S)
+    third = LandingFilesTrigger()
     third.asset_state_store = store
     assert [e["files"] for e in asyncio.run(events(third, 15))] == [["orders/a.csv"]]
 
 
 def test_a_stream_that_never_goes_quiet_still_fires(tmp_path: Path):
-    trigger = LandingFilesTrigger(str(tmp_path), poll_seconds=POLL_S)
+    trigger = LandingFilesTrigger()
 
     def land(poll: int) -> None:
         if poll:  # from the second poll on: the first look marks what is there as seen

@@ -20,7 +20,7 @@ from ml.monitoring.alerts import failures_path
 from ml.synthetic.shop import generate
 from tests.conftest import SAMPLE_END
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.airflow
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 DAGS = Path(__file__).resolve().parents[1] / "dags"
 
@@ -123,7 +123,8 @@ def features_fingerprint(env: dict[str, str]) -> tuple:
 def test_daily_runs_publish_and_a_corrupt_day_stops_at_the_raw_gate(
     airflow_env: dict[str, str],
 ):
-    from ml.models.registry import MODEL_KINDS, missing_champions
+    from ml.models.catalogue import MODEL_KINDS
+    from ml.models.registry import missing_champions
 
     landing = Path(airflow_env["SEGFLOW_LANDING_DIR"])
     settings = load_settings(airflow_env)
@@ -164,7 +165,7 @@ def test_daily_runs_publish_and_a_corrupt_day_stops_at_the_raw_gate(
         "raw_gate",
         SAMPLE_END.isoformat(),
     )
-    assert failure["exception_class"] == "ml.quality.gates.QuarantineTooLarge"
+    assert failure["exception_class"] == "ml.errors.QuarantineTooLarge"
     assert "amount: must be >= 0" in failure["exception_message"]
     # Nothing downstream of the gate ran: the features are as before, and the previous days'
     # publication (rows and export files) is unchanged byte for byte.
@@ -173,7 +174,8 @@ def test_daily_runs_publish_and_a_corrupt_day_stops_at_the_raw_gate(
 
 
 def test_train_models_registers_challengers_and_tags_their_gate(airflow_env: dict[str, str]):
-    from ml.models.registry import mlflow_client, registered_name
+    from ml.models import catalogue
+    from ml.models.registry import mlflow_client
 
     # A clustering and a classifier: the `models` param keeps the other three out (and quick).
     kinds = ["personas", "churn_risk"]
@@ -183,7 +185,7 @@ def test_train_models_registers_challengers_and_tags_their_gate(airflow_env: dic
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     client = mlflow_client(load_settings(airflow_env))
     for kind in kinds:
-        name = registered_name(kind)
+        name = catalogue.model(kind).registered_name
         challenger = client.get_model_version_by_alias(name, "challenger")
         assert int(challenger.version) >= 2, kind  # the cold start registered version 1
         assert challenger.tags["validation_status"] in {"passed", "failed"}, kind
@@ -194,7 +196,7 @@ def test_train_models_registers_challengers_and_tags_their_gate(airflow_env: dic
             challenger.tags["validation_status"] == "passed"
         ), kind
     # The models the param left out got no new version.
-    untouched = registered_name("customer_value")
+    untouched = catalogue.CUSTOMER_VALUE.registered_name
     assert [int(v.version) for v in client.search_model_versions(f"name='{untouched}'")] == [1]
 
 

@@ -60,7 +60,8 @@ import pytest
 import yaml
 
 from ml.config import Settings
-from ml.orchestration.dag_defaults import MODEL_KINDS, WAREHOUSE_POOL, WAREHOUSE_QUEUE
+from ml.models.catalogue import MODEL_KINDS
+from ml.orchestration.dag_defaults import WAREHOUSE_POOL, WAREHOUSE_QUEUE
 from tests.conftest import (
     COMPOSE_TEXT,
     COMPOSE_VARIABLE,
@@ -70,7 +71,7 @@ from tests.conftest import (
     processes_with_env,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.stack
 BIN = Path(sys.executable).parent
 AIRFLOW = str(BIN / "airflow")
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)
@@ -157,15 +158,20 @@ def task_log(path: Path, lines: int = 40) -> str:
     return f"\n--- {path} (end)\n" + "\n".join(readable[-lines:])
 
 
-def stop_process_group(process: subprocess.Popen, grace_s: float = 30) -> None:
-    """SIGTERM to the process and everything it started (its group), SIGKILL after the grace."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=grace_s)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+def stop_process_groups(processes: list[subprocess.Popen], grace_s: float = 30) -> None:
+    """SIGTERM to each process and everything it started (its group), all at once so that they
+    shut down side by side; SIGKILL to whatever is left after the grace."""
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(0, deadline - time.monotonic()))
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def kill_processes_started_by(marker: str) -> None:
@@ -293,7 +299,7 @@ class ProductionStack:
             assert time.monotonic() < deadline, (
                 f"runs not finished after {RUNS_TIMEOUT_S} s" + self.failure_report(runs)
             )
-            time.sleep(3)
+            time.sleep(1)
         assert states == {"success"}, self.failure_report(runs)
         return runs
 
@@ -434,6 +440,10 @@ def local_airflow_env(
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
         "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+        # A task process that closed its sockets before exiting (most do) is seen to have exited
+        # at its supervisor's next heartbeat check, and holds the worker's slot until then:
+        # checked every second instead of every 5 s.
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
         # As `trained_settings` trains (which the first run repeats): two snapshots.
         "SEGFLOW_TRAINING_SNAPSHOTS": "2",
     }
@@ -493,16 +503,6 @@ def stack(
         )
         try:
             started = time.monotonic()
-            init = subprocess.run(
-                compose_command("airflow-init"),
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=300,
-                cwd=run_dir,
-            )
-            (run_dir / "airflow-init.log").write_text(init.stdout + init.stderr)
-            assert init.returncode == 0, tail(run_dir / "airflow-init.log")
             mlflow_env = {
                 **{
                     name: str(value)
@@ -531,6 +531,17 @@ def stack(
                 mlflow_env,
                 run_dir,
             )
+            # The tracking server needs nothing of Airflow's: it starts while airflow-init runs.
+            init = subprocess.run(
+                compose_command("airflow-init"),
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                cwd=run_dir,
+            )
+            (run_dir / "airflow-init.log").write_text(init.stdout + init.stderr)
+            assert init.returncode == 0, tail(run_dir / "airflow-init.log")
             for service in AIRFLOW_SERVICES:
                 command = compose_command(service)
                 # Two workers on one host: each its own log server port.
@@ -542,8 +553,7 @@ def stack(
             print(f"\nproduction stack up in {time.monotonic() - started:.0f} s")
             yield stack
         finally:
-            for process in stack.processes.values():
-                stop_process_group(process)
+            stop_process_groups(list(stack.processes.values()))
             # Airflow's task supervisor gives each task a process group of its own: tasks that
             # outlived their scheduler (a failed test) are found by their environment.
             kill_processes_started_by(str(root))
@@ -748,7 +758,7 @@ def test_c_a_backfill_publishes_what_single_runs_of_its_dates_publish(
             assert single_runs.wait(timeout=RUNS_TIMEOUT_S) == 0, "".join(map(tail, single_logs))
             print(f"single runs, meanwhile: {time.monotonic() - started:.0f} s")
         finally:
-            stop_process_group(single_runs)
+            stop_process_groups([single_runs])
 
     # Under Celery, every task that opens the warehouse ran on the warehouse queue.
     for run in runs:

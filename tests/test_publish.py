@@ -14,7 +14,8 @@ import pytest
 import ml.quality.gates
 import ml.segments.publish
 from ml.config import Settings
-from ml.ingest.loader import ensure_raw_tables
+from ml.errors import PublishError, QualityGateFailed
+from ml.ingest.raw_tables import ensure_raw_tables
 from ml.segments.audiences import Audience, Filter
 from ml.segments.publish import publish_segments
 from ml.segments.score import stage_scored_segments
@@ -220,9 +221,7 @@ def test_a_failure_between_staging_and_swap_leaves_the_previous_publication(
         monkeypatch.setattr(
             ml.quality.gates,
             "run_segments_gate",
-            lambda *_: (_ for _ in ()).throw(
-                ml.quality.gates.QualityGateFailed("injected gate failure")
-            ),
+            lambda *_: (_ for _ in ()).throw(QualityGateFailed("injected gate failure")),
         )
     elif step == "exports":
         monkeypatch.setattr(ml.segments.publish, "file_sha256", _raise)
@@ -237,7 +236,7 @@ def test_a_failure_between_staging_and_swap_leaves_the_previous_publication(
             ml.segments.publish, "_swap_exports", _after(ml.segments.publish._swap_exports)
         )
 
-    with pytest.raises((OSError, ml.quality.gates.QualityGateFailed), match="injected"):
+    with pytest.raises((OSError, QualityGateFailed), match="injected"):
         publish_segments(staged, AS_OF, run_id="bad", gate_passed=step != "gate")
 
     assert published_rows(staged) == rows
@@ -261,9 +260,7 @@ def test_a_failed_first_publication_leaves_nothing_behind(
 
 
 def test_publishing_without_staged_rows_says_to_score_first(settings: Settings):
-    with pytest.raises(
-        ml.segments.publish.PublishError, match="nothing staged for 2026-06-30: run scoring"
-    ):
+    with pytest.raises(PublishError, match="nothing staged for 2026-06-30: run scoring"):
         publish_segments(settings, AS_OF, run_id="r", gate_passed=True)
 
 
@@ -342,7 +339,7 @@ def test_scores_without_a_model_version_are_published_only_for_a_model_not_appli
 ):
     stage(staged, without_engagement(scored_frame(seed=1)))
     with pytest.raises(
-        ml.segments.publish.PublishError,
+        PublishError,
         match="hold 0 versions in engagement_propensity_model_version",
     ):
         publish_segments(staged, AS_OF, run_id="run-1", gate_passed=True)

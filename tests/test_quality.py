@@ -10,11 +10,9 @@ import pandas as pd
 import pytest
 
 from ml.config import Settings
+from ml.errors import BadFilesWaiting, QuarantineTooLarge, StaleData
 from ml.ingest.loader import accept_bad_file, ingest_landing
 from ml.quality.gates import (
-    BadFilesWaiting,
-    QuarantineTooLarge,
-    StaleData,
     check_quarantine,
     new_rows,
     run_raw_gate,

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from ml.config import Settings
-from ml.ingest.loader import ensure_raw_tables
-from ml.segments.readout import ReadoutError, readout
-from ml.segments.score import ensure_segment_tables
+from ml.errors import ReadoutError
+from ml.ingest.raw_tables import ensure_raw_tables
+from ml.segments.readout import readout
+from ml.warehouse import tables
 from ml.warehouse.connection import connect
 
 AS_OF = dt.date(2026, 6, 30)
@@ -48,7 +49,7 @@ def campaign(settings: Settings) -> dict:
 
     with connect(settings) as con:
         ensure_raw_tables(con)
-        ensure_segment_tables(con, "published")
+        tables.ensure(con, *tables.PUBLISHED_SEGMENTS)
         order_rows = pd.DataFrame(  # noqa: F841  (read by name in SQL)
             orders, columns=["order_id", "customer_id", "ordered_at", "amount", "status"]
         )

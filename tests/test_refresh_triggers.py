@@ -32,7 +32,7 @@ from ml.segments.score import score_customers
 from ml.warehouse.connection import connect
 from tests.conftest import PROJECT_DIR, TRAINED_AS_OF, free_port, processes_with_env, run_make
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.airflow
 TRIGGERS = """
 audiences:
   - name: everyone

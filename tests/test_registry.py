@@ -16,7 +16,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ml.config import Settings, load_settings
-from ml.models import registry
+from ml.errors import NoChampion
+from ml.models import catalogue, registry
 from ml.models.training_sets import load_training_set, training_set_dir
 from tests.conftest import TRAINED_AS_OF
 
@@ -92,16 +93,11 @@ def test_a_kind_marked_not_applicable_waits_for_a_training_whose_new_version_cle
 
 
 def test_no_champion_names_the_model_and_what_to_run(settings: Settings):
-    assert registry.missing_champions(settings) == list(registry.MODEL_KINDS)
+    assert registry.missing_champions(settings) == list(catalogue.MODEL_KINDS)
     # Asking must not create the embedded store as a side effect.
     assert not (settings.mlflow_dir / "mlflow.db").exists()
-    with pytest.raises(registry.NoChampion, match="segflow_churn_risk.*train_models"):
+    with pytest.raises(NoChampion, match="segflow_churn_risk.*train_models"):
         registry.load_champion(settings, "churn_risk")
-
-
-def test_unknown_kind_is_refused():
-    with pytest.raises(ValueError, match="unknown model kind 'propensity'"):
-        registry.registered_name("propensity")
 
 
 def test_the_gate_needs_the_baseline_beaten_and_the_champion_not_beaten_by_much():

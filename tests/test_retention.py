@@ -44,10 +44,8 @@ def _order_version(con, order_id: str, status: str, at: str, source: str) -> Non
 
 
 def _populate_warehouse(settings: Settings) -> None:
-    from ml.ingest.loader import ensure_raw_tables
-    from ml.segments.publish import PUBLICATIONS_COLUMNS
-    from ml.segments.score import ensure_segment_tables
-    from ml.triggers.refresh import ensure_trigger_tables
+    from ml.ingest.raw_tables import ensure_raw_tables
+    from ml.warehouse import tables
 
     with connect(settings) as con:
         ensure_raw_tables(con)
@@ -59,8 +57,8 @@ def _populate_warehouse(settings: Settings) -> None:
         _order_version(con, "o1", "completed", "2020-01-01", "orders/a.csv")
         _order_version(con, "o1", "refunded", "2020-02-01", "orders/b.csv")
 
+        tables.ensure(con, *tables.PUBLISHED_SEGMENTS, *tables.STAGED_SEGMENTS)
         for schema in ("published", "staging"):
-            ensure_segment_tables(con, schema)
             for day in (OLD_DATE, NEW_DATE):
                 con.execute(
                     f"INSERT INTO {schema}.customer_segments (customer_id, as_of_date) "
@@ -82,14 +80,14 @@ def _populate_warehouse(settings: Settings) -> None:
                     "VALUES (?, 'churn_risk', 'x')",
                     [day],
                 )
-        con.execute(f"CREATE TABLE published.publications {PUBLICATIONS_COLUMNS}")
+        tables.ensure(con, tables.PUBLICATIONS)
         con.execute(
             """INSERT INTO published.publications (as_of_date, run_id, published_at, rows,
                    emailable, model_versions, audiences, exports_dir)
                VALUES (?, 'r', now(), 2, 2, '{}', '{}', 'x')""",
             [OLD_DATE],
         )
-        ensure_trigger_tables(con)
+        tables.ensure(con, *tables.TRIGGERS)
         for at in ("2025-01-01 10:00", "2026-06-29 10:00"):
             con.execute(
                 """INSERT INTO published.trigger_members

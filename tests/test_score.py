@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from ml.config import Settings, load_settings
+from ml.errors import NoChampion
+from ml.models.catalogue import MODEL_KINDS
 from ml.models.registry import (
     CHAMPION,
-    MODEL_KINDS,
-    NoChampion,
     alias_version,
     load_champion,
     mlflow_client,
@@ -71,7 +71,7 @@ def expected_band(scores: pd.Series) -> pd.Series:
 
 
 def test_every_customer_is_scored_by_the_champions(scored: Settings):
-    from ml.segments.personas import PERSONA_CATALOGUE
+    from ml.models.catalogue import PERSONA_NAMES
 
     rows = staged(scored)
     with connect(scored, read_only=True) as con:
@@ -81,7 +81,7 @@ def test_every_customer_is_scored_by_the_champions(scored: Settings):
     assert len(rows) == features == rows.customer_id.nunique()
     for kind in MODEL_KINDS:
         assert set(rows[f"{kind}_model_version"]) == {alias_version(scored, kind, CHAMPION)}
-    assert set(rows.segment) <= set(PERSONA_CATALOGUE)
+    assert set(rows.segment) <= set(PERSONA_NAMES)
     for kind in ("purchase_propensity", "engagement_propensity", "churn_risk"):
         assert rows[kind].dropna().between(0, 1).all()
         assert (rows[f"{kind}_band"].fillna("-") == expected_band(rows[kind]).fillna("-")).all()

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 import ml
-from ml.config import ConfigError, load_settings
+from ml.config import load_settings
+from ml.errors import ConfigError
 from ml.monitoring.alerts import failure_record, record_task_failure
 from ml.privacy.secret_masking import (
     MASK,
@@ -185,16 +186,24 @@ def test_a_failure_record_holds_no_secret(data_dir: Path, monkeypatch: pytest.Mo
     assert recorded(data_dir)[0]["exception_class"] == "builtins.RuntimeError"
 
 
-def test_a_dag_import_error_does_not_show_the_password(tmp_path: Path):
-    """A DAG file calls load_settings at parse time: a tracking URI with a password that
-    cannot be used is an import error in Airflow's UI, and a logged error, without it."""
+def test_a_bad_secret_setting_breaks_no_dag_and_its_error_hides_the_password(tmp_path: Path):
+    """DAG files read no setting at parse time: a tracking URI with a password that cannot be
+    used is no import error in Airflow's UI; the task that reads the settings fails with an
+    error that names the setting without the password."""
     script = textwrap.dedent(
         """
         import json, sys
         from airflow.dag_processing.dagbag import DagBag
+        from ml.config import load_settings
+        from ml.errors import ConfigError
 
         bag = DagBag(dag_folder=sys.argv[1])
-        print(json.dumps(bag.import_errors))
+        try:
+            load_settings()
+        except ConfigError as error:
+            task_error = f"{type(error).__name__}: {error}"
+        print(json.dumps({"import_errors": bag.import_errors, "dags": sorted(bag.dag_ids),
+                          "task_error": task_error}))
         """
     )
     env = {
@@ -204,18 +213,19 @@ def test_a_dag_import_error_does_not_show_the_password(tmp_path: Path):
         "AIRFLOW__CORE__DAGBAG_IMPORT_ERROR_TRACEBACKS": "True",
     }
     parsed = subprocess.run(
-        [sys.executable, "-c", script, str(PROJECT_DIR / "dags" / "refresh_triggers.py")],
+        [sys.executable, "-c", script, str(PROJECT_DIR / "dags")],
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
         cwd=tmp_path,
     )
     assert parsed.returncode == 0, parsed.stderr[-3000:]
-    errors = json.loads(parsed.stdout.strip().splitlines()[-1])
-    (error,) = errors.values()
-    assert "ConfigError" in error and "MLFLOW_TRACKING_URI" in error
-    assert "ftp://segflow:***@db.example.com/mlflow" in error
+    result = json.loads(parsed.stdout.strip().splitlines()[-1])
+    assert result["import_errors"] == {}
+    assert result["dags"] == ["refresh_triggers", "segment_pipeline", "train_models"]
+    assert "ConfigError" in result["task_error"] and "MLFLOW_TRACKING_URI" in result["task_error"]
+    assert "ftp://segflow:***@db.example.com/mlflow" in result["task_error"]
     assert PASSWORD not in parsed.stdout + parsed.stderr
 
 

@@ -12,7 +12,8 @@ import pytest
 from ml.cli import main
 from ml.config import Settings
 from ml.ingest.loader import ingest_landing
-from ml.synthetic.shop import generate, generate_increment
+from ml.synthetic.increments import generate_increment
+from ml.synthetic.shop import generate
 from ml.warehouse.connection import connect
 
 END = dt.date(2026, 6, 30)

@@ -13,11 +13,13 @@ import pandas as pd
 import pytest
 
 from ml.config import Settings
-from ml.models import registry
+from ml.errors import NoChampion
+from ml.models import catalogue, registry
+from ml.models.catalogue import PERSONA_NAMES
 from ml.models.evaluate import MIN_OUTCOME_ROWS, not_applicable_reason
-from ml.models.train import balanced_rows, time_splits
+from ml.models.fitting import balanced_rows, time_splits
 from ml.models.training_sets import load_training_set, training_set_dir
-from ml.segments.personas import PERSONA_CATALOGUE, PERSONA_FEATURES, fit_personas, name_personas
+from ml.segments.personas import PERSONA_FEATURES, fit_personas, name_personas
 from tests.conftest import TRAINED_AS_OF
 
 
@@ -75,7 +77,7 @@ def test_persona_names_follow_the_profile_and_are_never_shared():
     assert names[0] == "Loyal high spenders"
     assert names[1] == "Dormant"
     assert names[2] == "New customers"
-    assert names[3] in PERSONA_CATALOGUE and names[3] != names[0]
+    assert names[3] in PERSONA_NAMES and names[3] != names[0]
     # Labels are arbitrary: shuffling them moves the names with the profiles.
     shuffled = name_personas(profile.rename(index={0: 2, 2: 0}))
     assert shuffled[2] == "Loyal high spenders" and shuffled[0] == "New customers"
@@ -91,7 +93,7 @@ def test_personas_fit_when_every_customer_has_ordered():
 
     fitted = fit_personas(frame, min_share=0.05, max_count=4)
 
-    assert set(fitted.names.values()) <= set(PERSONA_CATALOGUE)
+    assert set(fitted.names.values()) <= set(PERSONA_NAMES)
     assert len(set(fitted.model.predict(frame[PERSONA_FEATURES]))) >= 3
 
 
@@ -148,7 +150,7 @@ def test_a_model_without_positive_examples_is_not_applicable_and_registers_nothi
         trained_settings, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"
     )
     client = registry.mlflow_client(settings)
-    name = registry.registered_name("engagement_propensity")
+    name = catalogue.ENGAGEMENT_PROPENSITY.registered_name
     client.delete_registered_model_alias(name, registry.CHAMPION)
     assert registry.missing_champions(settings) == ["engagement_propensity"]
 
@@ -186,13 +188,13 @@ def test_every_champion_loads_by_alias_and_scores_the_warehouse_frame(
     assert isinstance(frame["recency_days"].dtype, pd.Int64Dtype)  # what scoring will see
     assert len(frame) > 0
 
-    for kind in registry.MODEL_KINDS:
+    for kind in catalogue.MODEL_KINDS:
         champion = registry.load_champion(trained_settings, kind)
         assert champion.version == registry.alias_version(trained_settings, kind, "champion")
         if kind == "personas":
             labels = champion.model.predict(frame[champion.features])
             names = {champion.persona_names[int(label)] for label in labels}
-            assert names <= set(PERSONA_CATALOGUE) and len(names) >= 3
+            assert names <= set(PERSONA_NAMES) and len(names) >= 3
             continue
         if kind == "customer_value":
             scores = champion.model.predict(frame[champion.features])
@@ -232,7 +234,7 @@ def test_unseen_categories_and_missing_values_are_scored(trained_settings: Setti
 def champion_run(settings: Settings, kind: str):
     client = registry.mlflow_client(settings)
     version = registry.alias_version(settings, kind, "champion")
-    details = client.get_model_version(registry.registered_name(kind), str(version))
+    details = client.get_model_version(catalogue.model(kind).registered_name, str(version))
     return client, details, client.get_run(details.run_id)
 
 
@@ -361,6 +363,6 @@ def test_a_cold_start_whose_model_misses_its_baseline_stops_with_the_reason(
 
     monkeypatch.setattr(ml.models.train.registry, "missing_champions", lambda _: ["churn_risk"])
     monkeypatch.setattr(ml.models.train, "train_all", train_all)
-    with pytest.raises(registry.NoChampion, match=re.escape(f"segflow_churn_risk: {reason}")):
+    with pytest.raises(NoChampion, match=re.escape(f"segflow_churn_risk: {reason}")):
         ml.models.train.ensure_champions(settings, TRAINED_AS_OF)
     assert trained == [TRAINED_AS_OF]

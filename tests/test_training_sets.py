@@ -10,9 +10,9 @@ import pytest
 
 from ml.config import Settings, load_settings
 from ml.contract import PERSONAL_COLUMNS
+from ml.errors import TrainingSetError
 from ml.models.training_sets import (
     DRIFT_REFERENCE,
-    TrainingSetError,
     build_training_set,
     load_training_set,
     plan_snapshots,

@@ -14,11 +14,11 @@ import pytest
 
 from ml.config import Settings
 from ml.contract import ENTITY_BY_NAME, PLAIN_ADDRESS_PATTERN
+from ml.errors import AudienceError, GateFailed, TriggerError
 from ml.features.dbt import DBT_PROJECT_DIR, dbt_environment
-from ml.segments.audiences import AudienceError
 from ml.segments.publish import publish_segments
 from ml.triggers.exports import publish_refresh
-from ml.triggers.refresh import TriggerError, load_triggers, stage_refresh
+from ml.triggers.refresh import load_triggers, stage_refresh
 from ml.warehouse.connection import connect
 from tests.test_publish import AS_OF, export_files, staged  # noqa: F401  (a fixture)
 
@@ -338,7 +338,6 @@ def test_the_address_rule_is_the_features_rule(settings: Settings):
 
 
 def test_the_gate_stops_a_refresh_that_would_mail_a_suppressed_customer(published: Settings):
-    from expectations.runner import GateFailed
     from ml.quality.gates import run_triggers_gate
 
     rows = segments(published)
@@ -365,7 +364,7 @@ def test_segflow_triggers_refresh_runs_one_refresh_without_airflow(
 ):
     from ml.cli import main
     from ml.ingest.loader import ingest_landing
-    from ml.synthetic.shop import generate_increment
+    from ml.synthetic.increments import generate_increment
 
     monkeypatch.setenv("SEGFLOW_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("SEGFLOW_LANDING_DIR", str(landing_copy))

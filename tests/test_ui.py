@@ -26,10 +26,11 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from ml.config import Settings
-from ml.models.registry import CHAMPION, MODEL_KINDS, alias_version, registered_name
+from ml.models import catalogue
+from ml.models.registry import CHAMPION, alias_version
 from tests.conftest import free_port, processes_with_env, run_make
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.airflow
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 ARTIFACTS = PROJECT_DIR / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -157,8 +158,8 @@ def test_mlflow_ui_shows_every_model_with_its_champion(
     browser: WebDriver, ui_servers: UiServers, trained_settings: Settings
 ):
     champions = {
-        registered_name(kind): alias_version(trained_settings, kind, CHAMPION)
-        for kind in MODEL_KINDS
+        model.registered_name: alias_version(trained_settings, model.kind, CHAMPION)
+        for model in catalogue.MODELS
     }
     assert None not in champions.values(), champions  # the fixture promoted every kind
 

@@ -20,31 +20,12 @@ from pathlib import Path
 
 from ml.config import PROJECT_DIR, Settings
 from ml.contract import PLAIN_ADDRESS_PATTERN
+from ml.errors import FeatureBuildError
 
 log = logging.getLogger(__name__)
 
 DBT_PROJECT_DIR = PROJECT_DIR / "dbt_project"
 DBT_EXECUTABLE = Path(sys.executable).with_name("dbt")
-
-RFM_SEGMENTS = (
-    "Champions",
-    "Loyal",
-    "Potential loyalist",
-    "New",
-    "Promising",
-    "Need attention",
-    "About to sleep",
-    "At risk",
-    "Cannot lose them",
-    "Hibernating",
-    "Lost",
-    "No purchase yet",
-)
-"""The names `rfm_segment` takes (dbt_project/models/intermediate/int_customers_rfm_scored.sql)."""
-
-
-class FeatureBuildError(RuntimeError):
-    """dbt failed: the message lists each failing model or test with its error."""
 
 
 def dbt_environment(settings: Settings) -> dict[str, str]:

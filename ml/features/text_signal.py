@@ -16,20 +16,13 @@ import datetime as dt
 import logging
 
 from ml.config import Settings
+from ml.contract import as_of_cutoff
+from ml.warehouse import tables
 from ml.warehouse.connection import connect
 
 log = logging.getLogger(__name__)
 
 MIN_REVIEWS_PER_CLASS = 20
-
-
-def ensure_sentiment_table(con) -> None:
-    con.execute("CREATE SCHEMA IF NOT EXISTS derived")
-    con.execute(
-        """CREATE TABLE IF NOT EXISTS derived.review_sentiment (
-            review_id VARCHAR PRIMARY KEY, positive_probability DOUBLE NOT NULL,
-            trained_on_reviews_before TIMESTAMP NOT NULL)"""
-    )
 
 
 def score_review_sentiment(settings: Settings, as_of: dt.date) -> int:
@@ -40,9 +33,9 @@ def score_review_sentiment(settings: Settings, as_of: dt.date) -> int:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    cutoff = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())
+    cutoff = as_of_cutoff(as_of)
     with connect(settings) as con:
-        ensure_sentiment_table(con)
+        tables.ensure(con, tables.REVIEW_SENTIMENT)
         known = con.execute(
             """SELECT text, rating >= 4 FROM raw.reviews
                WHERE created_at < ? AND text IS NOT NULL AND rating <> 3 ORDER BY review_id""",

@@ -34,7 +34,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ml.checksums import file_sha256
 from ml.contract import ENTITIES
+from ml.errors import BadFile, ContractViolation, StillChanging
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +54,6 @@ CSV_DELIMITERS = (",", ";", "\t", "|")
 ERASURE_REQUESTS = "erasure_requests"
 """The landing folder of erasure requests (ml/privacy/erasure.py): not an entity, never loaded."""
 GLOB_CHARACTERS = re.compile(r"[*?\[\]{}]")
-
-
-class ContractViolation(Exception):
-    """Landing data breaks the contract; the message names the file and, where there is one,
-    the column and the rule, and never quotes the file's content."""
-
-    def __init__(self, file: str, column: str | None, rule: str):
-        self.file, self.column, self.rule = file, column, rule
-        where = f"{file}: column '{column}'" if column else file
-        super().__init__(f"{where}: {rule}")
-
-
-class BadFile(ContractViolation):
-    """One landing file cannot be loaded; the others can."""
 
 
 def is_writer_artifact(name: str) -> bool:
@@ -201,10 +189,6 @@ class Fingerprint:
         return cls(stat.st_size, stat.st_mtime_ns)
 
 
-class StillChanging(Exception):
-    """The file changed while it was read: a writer is not done with it."""
-
-
 def _open_text_bytes(file: LandingFile):
     opened = file.path.open("rb")
     return gzip.GzipFile(fileobj=opened) if file.compression == "gzip" else opened
@@ -221,14 +205,6 @@ def checksum(file: LandingFile, encoding: str) -> tuple[str, Fingerprint]:
     if Fingerprint.of(file.path) != before:
         raise StillChanging(file.relative)
     return digest, before
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_utf8(file: LandingFile) -> None:

@@ -1,20 +1,7 @@
 """Evaluation on the out-of-time validation snapshot, against baselines that need no learning.
 
-Targets (from `training_labels`, the horizon after each snapshot):
-
-| model | target | rows | baseline (no learning) | gate metric |
-|---|---|---|---|---|
-| purchase_propensity | purchased | all | RFM score (no purchase yet = 0) | ROC-AUC |
-| churn_risk | churned | active (an order in the past year) | days since the last order | ROC-AUC |
-| engagement_propensity | clicked_email | all | 90-day click rate (none = 0) | ROC-AUC |
-| customer_value | revenue_in_horizon | all | 90-day spend as a run rate over the horizon | Spearman |
-| personas | - | all | the RFM segments as clusters | silhouette |
-
-The gate metric is the one promotion compares: ranking quality for the classifiers (ROC-AUC does
-not depend on the base rate, which moves between snapshots), the rank correlation for customer
-value (audiences take the top of the ranking; revenue is too skewed for an error in money to
-rank models fairly), and the silhouette for personas, measured in the challenger's feature space
-so that two models and the RFM segments are judged on the same ground.
+Each model's target, rows, baseline and gate metric are in the model catalogue
+(ml/models/catalogue.py); this module computes them.
 
 A supervised model is trained only when its training set has enough customers of each outcome in
 every snapshot (`not_applicable_reason`); otherwise it is not applicable, and its scores are null.
@@ -43,50 +30,27 @@ from sklearn.metrics import (
     silhouette_score,
 )
 
-CLASSIFIERS = ("purchase_propensity", "churn_risk", "engagement_propensity")
-TARGETS = {
-    "purchase_propensity": "purchased",
-    "churn_risk": "churned",
-    "engagement_propensity": "clicked_email",
-    "customer_value": "revenue_in_horizon",
-}
-GATE_METRIC = {
-    "personas": "silhouette",
-    "purchase_propensity": "roc_auc",
-    "churn_risk": "roc_auc",
-    "engagement_propensity": "roc_auc",
-    "customer_value": "spearman",
-}
-BASELINE_DESCRIPTION = {
-    "personas": "the RFM segments (rfm_segment) taken as clusters",
-    "purchase_propensity": "RFM score, customers without a purchase lowest",
-    "churn_risk": "days since the last order",
-    "engagement_propensity": "e-mail click rate over 90 days, none = 0",
-    "customer_value": "spend of the last 90 days as a run rate over the horizon",
-}
+from ml.models import catalogue
+from ml.models.sampling import sample_rows
+from ml.segments.personas import SILHOUETTE_SAMPLE, embed
+
 TOP_SHARE = 0.1
 MIN_OUTCOME_ROWS = 30
 """Customers of each outcome a supervised model needs in every snapshot of its training set
 (`not_applicable_reason`)."""
-OUTCOMES = {
-    "purchase_propensity": ("customers", "bought", "did not buy"),
-    "churn_risk": ("active customers", "stopped buying", "bought again"),
-    "engagement_propensity": ("customers", "clicked an e-mail", "clicked none"),
-    "customer_value": ("customers", "spent", "spent nothing"),
-}
-"""Per supervised model: who its rows are, and its two outcomes in words (for the reasons)."""
 
 
 def target_rows(kind: str, frame: pd.DataFrame) -> pd.DataFrame:
     """The rows a model learns from and is judged on (churn: active customers only)."""
-    if kind == "churn_risk":
+    if catalogue.model(kind).active_only:
         return frame[frame["was_active"].astype(bool)]
     return frame
 
 
 def target(kind: str, frame: pd.DataFrame) -> np.ndarray:
-    values = pd.to_numeric(frame[TARGETS[kind]])
-    return values.to_numpy(dtype=float if kind == "customer_value" else int)
+    model = catalogue.model(kind)
+    values = pd.to_numeric(frame[model.target])
+    return values.to_numpy(dtype=int if model.probability else float)
 
 
 def not_applicable_reason(kind: str, frame: pd.DataFrame, horizon_days: int) -> str | None:
@@ -98,9 +62,10 @@ def not_applicable_reason(kind: str, frame: pd.DataFrame, horizon_days: int) -> 
     not). With fewer, a fold of the time-aware search or the calibration sees one outcome only,
     and the out-of-time metrics are undefined. A shop without e-mail events has no click, so no
     engagement model. Personas need no outcome: they always apply."""
-    if kind == "personas":
+    model = catalogue.model(kind)
+    if not model.supervised:
         return None
-    population, did, did_not = OUTCOMES[kind]
+    population, (did, did_not) = model.population, model.outcomes
     rows = target_rows(kind, frame)
     positive = pd.Series(target(kind, rows) > 0, index=rows.index)
     fewest = None
@@ -137,7 +102,7 @@ def baseline_score(kind: str, frame: pd.DataFrame, horizon_days: int) -> np.ndar
 
 
 def predict(kind: str, model: Any, frame: pd.DataFrame, features: list[str]) -> np.ndarray:
-    if kind in CLASSIFIERS:
+    if catalogue.model(kind).probability:
         return model.predict_proba(frame[features])[:, 1]
     return np.asarray(model.predict(frame[features]))
 
@@ -344,8 +309,6 @@ def gate_scores(
     read this frame) on one validation snapshot. `challenger` and `champion` carry `.model` and
     `.features` (ml.models.registry.ChampionModel). Personas also get the adjusted Rand index between
     the challenger's and the champion's assignments."""
-    from ml.segments.personas import SILHOUETTE_SAMPLE, embed, sample_rows
-
     comparable = champion is not None and set(champion.features) <= set(frame.columns)
     if kind == "personas":
         space = embed(challenger.model, frame)
@@ -366,7 +329,7 @@ def gate_scores(
     y = target(kind, rows)
 
     def metric(score: np.ndarray) -> float:
-        if kind == "customer_value":
+        if catalogue.model(kind).gate_metric == "spearman":
             return float(spearmanr(y, score).statistic)
         return float(roc_auc_score(y, score))
 

@@ -18,6 +18,7 @@ own MLmodel file is checked against it, so a tampered artifact cannot widen what
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import tempfile
 import warnings
@@ -25,7 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from threadpoolctl import threadpool_limits
+
 from ml.config import Settings
+from ml.errors import NoChampion
+from ml.models import catalogue
+from ml.models.training_sets import load_training_set
 from ml.privacy.secret_masking import mask_secrets
 
 if TYPE_CHECKING:
@@ -39,13 +45,6 @@ log = logging.getLogger(__name__)
 # log lines per logged model, none of them about segflow.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"skops\.io\._utils")
 
-MODEL_KINDS: tuple[str, ...] = (
-    "personas",
-    "purchase_propensity",
-    "churn_risk",
-    "engagement_propensity",
-    "customer_value",
-)
 EXPERIMENT_NAME = "segflow"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -69,10 +68,6 @@ SKOPS_ALLOWED_TYPES = frozenset(
 another type fails: add it here only after checking it cannot run code when loaded."""
 
 
-class NoChampion(LookupError):
-    """A model kind has no version with the alias `champion` yet."""
-
-
 @dataclass(frozen=True)
 class ChampionModel:
     kind: str
@@ -92,12 +87,6 @@ class NotApplicable:
     kind: str
     reason: str
     as_of: str | None
-
-
-def registered_name(kind: str) -> str:
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
-    return f"segflow_{kind}"
 
 
 def mlflow_client(settings: Settings) -> MlflowClient:
@@ -149,9 +138,7 @@ _MODEL_PACKAGES = ("scikit-learn", "skops", "numpy", "scipy", "pandas")
 
 
 def _pip_requirements() -> list[str]:
-    from importlib.metadata import version
-
-    return [f"{package}=={version(package)}" for package in _MODEL_PACKAGES]
+    return [f"{package}=={importlib.metadata.version(package)}" for package in _MODEL_PACKAGES]
 
 
 def input_example(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
@@ -189,7 +176,7 @@ def log_model(
     import mlflow
     from mlflow.models import infer_signature
 
-    name = registered_name(kind)
+    name = catalogue.model(kind).registered_name
     example = input_example(reference, features)
     is_classifier = hasattr(model, "predict_proba")
     output = model.predict_proba(example) if is_classifier else model.predict(example)
@@ -229,7 +216,7 @@ def mark_not_applicable(settings: Settings, kind: str, reason: str, as_of: str) 
     from mlflow.exceptions import MlflowException
 
     client = mlflow_client(settings)
-    name = registered_name(kind)
+    name = catalogue.model(kind).registered_name
     try:
         client.get_registered_model(name)
     except MlflowException as error:
@@ -248,9 +235,9 @@ def not_applicable_models(settings: Settings) -> dict[str, NotApplicable]:
         return {}
     client = mlflow_client(settings)
     marked = {}
-    for kind in MODEL_KINDS:
+    for kind in catalogue.MODEL_KINDS:
         try:
-            tags = client.get_registered_model(registered_name(kind)).tags
+            tags = client.get_registered_model(catalogue.model(kind).registered_name).tags
         except MlflowException as error:
             if error.error_code == "RESOURCE_DOES_NOT_EXIST":
                 continue
@@ -270,7 +257,9 @@ def alias_version(settings: Settings, kind: str, alias: str) -> int | None:
         return None
     client = mlflow_client(settings)
     try:
-        return int(client.get_model_version_by_alias(registered_name(kind), alias).version)
+        return int(
+            client.get_model_version_by_alias(catalogue.model(kind).registered_name, alias).version
+        )
     except MlflowException as error:
         if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
@@ -284,7 +273,7 @@ def load_version(settings: Settings, kind: str, version: int) -> ChampionModel:
     from mlflow.models import Model
 
     mlflow_client(settings)
-    uri = f"models:/{registered_name(kind)}/{version}"
+    uri = f"models:/{catalogue.model(kind).registered_name}/{version}"
     with tempfile.TemporaryDirectory(prefix="segflow-model-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
         spec = Model.load(local)
@@ -318,7 +307,7 @@ def load_champion(settings: Settings, kind: str) -> ChampionModel:
     if version is None:
         registry = mask_secrets(settings.mlflow_tracking_uri)
         raise NoChampion(
-            f"{registered_name(kind)} has no champion in {registry}: run "
+            f"{catalogue.model(kind).registered_name} has no champion in {registry}: run "
             "train_models (segflow train --as-of YYYY-MM-DD, or the train_models DAG) first"
         )
     return load_version(settings, kind, version)
@@ -330,7 +319,7 @@ def missing_champions(settings: Settings) -> list[str]:
     marked = not_applicable_models(settings)
     return [
         kind
-        for kind in MODEL_KINDS
+        for kind in catalogue.MODEL_KINDS
         if kind not in marked and alias_version(settings, kind, CHAMPION) is None
     ]
 
@@ -385,13 +374,10 @@ def promote(settings: Settings, kind: str, version: int) -> dict:
     """The promotion gate for one registered version: compare it with the baseline and the
     current champion on its own validation snapshot, tag it with the verdict, and move
     `champion` when it passes (and auto-promotion is on)."""
-    from threadpoolctl import threadpool_limits
-
     from ml.models import evaluate
-    from ml.models.training_sets import load_training_set
 
     client = mlflow_client(settings)
-    name = registered_name(kind)
+    name = catalogue.model(kind).registered_name
     details = client.get_model_version(name, str(version))
     if "training_set" not in details.tags:
         raise ValueError(
@@ -399,7 +385,7 @@ def promote(settings: Settings, kind: str, version: int) -> dict:
         )
     validation = load_training_set(Path(details.tags["training_set"]), validation_only=True)
     champion_version = alias_version(settings, kind, CHAMPION)
-    metric = evaluate.GATE_METRIC[kind]
+    metric = catalogue.model(kind).gate_metric
     if champion_version == int(version):
         status, reason, move = "passed", "already the champion", False
         scores: dict[str, float] = {}

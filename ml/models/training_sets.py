@@ -39,6 +39,9 @@ from typing import TYPE_CHECKING
 
 from ml.config import Settings
 from ml.contract import PERSONAL_COLUMNS
+from ml.errors import TrainingSetError
+from ml.features.dbt import build_features, dbt_vars, run_dbt_commands
+from ml.features.text_signal import score_review_sentiment
 from ml.privacy.pseudonyms import CUSTOMER_ID, pseudonym_key, pseudonym_sql
 from ml.warehouse.connection import connect, table_exists
 
@@ -62,10 +65,6 @@ CUSTOMER_KEY = "customer_key"
 DRIFT_REFERENCE = "drift_reference.parquet"
 """The customers' features as of the training date itself: the population a new version goes
 live on, from which its drift reference is made (ml/monitoring/drift.py)."""
-
-
-class TrainingSetError(RuntimeError):
-    """A training set cannot be built or read; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -176,9 +175,6 @@ def _build_snapshots(settings: Settings, snapshots: list[dt.date]) -> None:
     all in one dbt process. The staging and unit tests are left to the daily build: they do not
     depend on the date (the unit tests fix their own, which an explicit label date would
     override)."""
-    from ml.features.dbt import dbt_vars, run_dbt_commands
-    from ml.features.text_signal import score_review_sentiment
-
     log.info("building features and labels with dbt as of %s", ", ".join(map(str, snapshots)))
     # Scoring up to the newest snapshot scores every review an earlier one can see.
     score_review_sentiment(settings, max(snapshots))
@@ -282,8 +278,6 @@ def build_training_set(settings: Settings, as_of: dt.date) -> Path:
     if missing:
         _build_snapshots(settings, missing)
     if as_of not in featured:
-        from ml.features.dbt import build_features
-
         # The drift reference: the features of the training date (its labels lie ahead).
         build_features(settings, as_of, select="customer_features")
 

@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from ml.config import Settings, load_settings
+from ml.errors import AsOfDateError
+from ml.orchestration.as_of import run_as_of
 from ml.privacy.secret_masking import mask_secrets
 
 log = logging.getLogger(__name__)
@@ -58,15 +60,10 @@ def mask_email_addresses(text: str) -> str:
 
 
 def _as_of_date(context: Mapping[str, Any]) -> str | None:
-    from ml.orchestration.dag_defaults import AsOfDateError, resolve_as_of
-
     try:
-        as_of = resolve_as_of(
-            context.get("params"), context.get("data_interval_start"), context.get("logical_date")
-        )
+        return run_as_of(context).isoformat()
     except AsOfDateError:
         return None
-    return as_of.isoformat()
 
 
 def failure_record(context: Mapping[str, Any]) -> dict[str, Any]:

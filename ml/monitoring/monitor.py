@@ -23,6 +23,9 @@ The results replace D's rows of `monitoring.drift_metrics`, `monitoring.model_pe
 `monitoring.drift_alerts` in one transaction, and an HTML report goes to
 `<reports dir>/drift/<D>.html` and to MLflow (experiment `segflow-monitoring`). The report holds
 statistics only, never a customer.
+
+The checks are ml/monitoring/checks.py's; this module runs them for a date, decides the alert,
+and stores and reports the result.
 """
 
 from __future__ import annotations
@@ -40,69 +43,22 @@ import numpy as np
 import pandas as pd
 
 from ml.config import MonitoringSettings, Settings
-from ml.monitoring import drift
-from ml.segments.score import OUTPUT_COLUMNS
+from ml.errors import MonitoringError
+from ml.models import catalogue
+from ml.models.registry import experiment_id, mlflow_client
+from ml.monitoring.checks import (
+    LEVELS,
+    published_versions,
+    realized_performance,
+    reference_drift,
+    segment_mix_drift,
+)
+from ml.warehouse import tables
 from ml.warehouse.connection import connect, table_exists
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "segflow-monitoring"
-MIX_COLUMNS = {"segment": "personas", "rfm_segment": None}
-"""Segment columns whose mix is watched, and the model whose version must match to compare."""
-LEVELS = ("ok", "warn", "alert")
-PROPENSITY_METRICS = ("roc_auc", "lift_top_decile", "brier", "mean_probability", "positive_rate")
-"""Ranking, then calibration: the mean predicted probability against the observed rate."""
-REALIZED_METRICS = {
-    "purchase_propensity": PROPENSITY_METRICS,
-    "churn_risk": PROPENSITY_METRICS,
-    "engagement_propensity": PROPENSITY_METRICS,
-    "customer_value": ("spearman", "mae", "mean_predicted", "mean_actual"),
-}
-"""What is computed on matured labels; the gate metric (ml.models.evaluate.GATE_METRIC) decides."""
-
-DRIFT_METRICS_COLUMNS = """(
-    as_of_date DATE NOT NULL,
-    check_name VARCHAR NOT NULL,
-    model_kind VARCHAR,
-    model_version INTEGER,
-    name VARCHAR NOT NULL,
-    statistic VARCHAR NOT NULL,
-    value DOUBLE,
-    warn_at DOUBLE,
-    alert_at DOUBLE,
-    level VARCHAR NOT NULL,
-    compared_with VARCHAR NOT NULL,
-    rows BIGINT NOT NULL
-)"""
-MODEL_PERFORMANCE_COLUMNS = """(
-    as_of_date DATE NOT NULL,
-    scored_date DATE NOT NULL,
-    model_kind VARCHAR NOT NULL,
-    model_version INTEGER NOT NULL,
-    customers BIGINT NOT NULL,
-    metric VARCHAR NOT NULL,
-    realized DOUBLE,
-    validation DOUBLE,
-    change DOUBLE,
-    alert_at DOUBLE,
-    level VARCHAR NOT NULL
-)"""
-DRIFT_ALERTS_COLUMNS = """(
-    as_of_date DATE NOT NULL,
-    raised BOOLEAN NOT NULL,
-    models VARCHAR[] NOT NULL,
-    reasons JSON NOT NULL,
-    report VARCHAR NOT NULL
-)"""
-TABLES = {
-    "drift_metrics": DRIFT_METRICS_COLUMNS,
-    "model_performance": MODEL_PERFORMANCE_COLUMNS,
-    "drift_alerts": DRIFT_ALERTS_COLUMNS,
-}
-
-
-class MonitoringError(RuntimeError):
-    """The monitor cannot run for a date; the message says what to do."""
 
 
 @dataclass
@@ -132,301 +88,8 @@ class MonitoringResult:
         }
 
 
-def level(value: float | None, warn_at: float, alert_at: float) -> str:
-    if value is None or np.isnan(value):
-        return "ok"
-    return "alert" if value >= alert_at else "warn" if value >= warn_at else "ok"
-
-
 def _worst(levels: list[str]) -> str:
     return max(levels, key=LEVELS.index, default="ok")
-
-
-def _published_versions(con: duckdb.DuckDBPyConnection, as_of: dt.date) -> dict[str, int]:
-    """The version of each model that scored the published date (none for a model that was
-    not applicable)."""
-    from ml.models.registry import MODEL_KINDS
-
-    row = con.execute(
-        "SELECT "
-        + ", ".join(f"max({kind}_model_version)" for kind in MODEL_KINDS)
-        + " FROM published.customer_segments WHERE as_of_date = ?",
-        [as_of],
-    ).fetchone()
-    return {kind: int(version) for kind, version in zip(MODEL_KINDS, row, strict=True) if version}
-
-
-def _reference(settings: Settings, kind: str, version: int) -> dict | None:
-    """The drift reference logged with a model version, or None for versions trained before
-    segflow logged one."""
-    import mlflow
-
-    from ml.models.registry import mlflow_client, registered_name
-
-    client = mlflow_client(settings)
-    run_id = client.get_model_version(registered_name(kind), str(version)).run_id
-    names = {artifact.path for artifact in client.list_artifacts(run_id)}
-    if drift.REFERENCE_ARTIFACT not in names:
-        return None
-    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{drift.REFERENCE_ARTIFACT}")
-
-
-def _rows(
-    date: dt.date,
-    check: str,
-    kind: str | None,
-    version: int | None,
-    name: str,
-    result: drift.ColumnDrift,
-    thresholds: MonitoringSettings,
-    compared_with: str,
-    rows: int,
-) -> list[dict]:
-    measured = [("psi", result.psi, thresholds.psi_warn, thresholds.psi_alert)]
-    if result.ks is not None:
-        measured.append(("ks", result.ks, thresholds.ks_warn, thresholds.ks_alert))
-    return [
-        {
-            "as_of_date": date,
-            "check_name": check,
-            "model_kind": kind,
-            "model_version": version,
-            "name": name,
-            "statistic": statistic,
-            "value": value,
-            "warn_at": warn_at,
-            "alert_at": alert_at,
-            "level": level(value, warn_at, alert_at),
-            "compared_with": compared_with,
-            "rows": rows,
-        }
-        for statistic, value, warn_at, alert_at in measured
-    ]
-
-
-def _reference_drift(
-    settings: Settings,
-    con: duckdb.DuckDBPyConnection,
-    as_of: dt.date,
-    versions: dict[str, int],
-    notes: list[str],
-) -> list[dict]:
-    """Feature and score drift of each champion against its reference."""
-    from ml.models.registry import registered_name
-
-    references = {}
-    for kind, version in versions.items():
-        reference = _reference(settings, kind, version)
-        if reference is None:
-            notes.append(
-                f"{registered_name(kind)} v{version} has no {drift.REFERENCE_ARTIFACT} (trained "
-                "before drift monitoring): retrain it (train_models) to monitor it"
-            )
-        else:
-            references[kind] = reference
-    if not references:
-        return []
-    features = sorted({name for ref in references.values() for name in ref["features"]})
-    current = con.execute(
-        f"SELECT {', '.join(features)} FROM marts.customer_features WHERE as_of_date = ?",
-        [as_of],
-    ).df()
-    scores = con.execute(
-        f"SELECT {', '.join(OUTPUT_COLUMNS.values())} FROM published.customer_segments "
-        "WHERE as_of_date = ?",
-        [as_of],
-    ).df()
-    rows: list[dict] = []
-    for kind, reference in references.items():
-        version = versions[kind]
-        compared_with = f"{registered_name(kind)} v{version}: {reference['description']}"
-        for feature, profile in reference["features"].items():
-            result = drift.column_drift(profile, current[feature])
-            rows += _rows(
-                as_of,
-                "feature",
-                kind,
-                version,
-                feature,
-                result,
-                settings.monitoring,
-                compared_with,
-                len(current),
-            )
-        for column, profile in reference["scores"].items():
-            values = scores[column].dropna()
-            result = drift.column_drift(profile, values)
-            rows += _rows(
-                as_of,
-                "score",
-                kind,
-                version,
-                column,
-                result,
-                settings.monitoring,
-                compared_with,
-                len(values),
-            )
-    return rows
-
-
-def _segment_mix_drift(
-    con: duckdb.DuckDBPyConnection,
-    as_of: dt.date,
-    versions: dict[str, int],
-    thresholds: MonitoringSettings,
-    notes: list[str],
-) -> list[dict]:
-    """Each segment column's shares on the date against their mean over the previous runs."""
-    rows: list[dict] = []
-    customers = con.execute(
-        "SELECT count(*) FROM published.customer_segments WHERE as_of_date = ?", [as_of]
-    ).fetchone()[0]
-    for column, model in MIX_COLUMNS.items():
-        same_version = f"AND {model}_model_version = {versions[model]}" if model in versions else ""
-        previous = [
-            row[0]
-            for row in con.execute(
-                f"""SELECT DISTINCT as_of_date FROM published.customer_segments
-                    WHERE as_of_date < ? {same_version}
-                    ORDER BY as_of_date DESC LIMIT {thresholds.segment_mix_runs}""",
-                [as_of],
-            ).fetchall()
-        ]
-        if not previous:
-            notes.append(f"{column} mix: no earlier published date to compare with")
-            continue
-        shares = con.execute(
-            f"""SELECT as_of_date = ? AS is_current, coalesce({column}, '{drift.MISSING}') AS value,
-                       count(*) / sum(count(*)) OVER (PARTITION BY as_of_date) AS share
-                FROM published.customer_segments
-                WHERE as_of_date = ? OR list_contains(?, as_of_date)
-                GROUP BY as_of_date, value""",
-            [as_of, as_of, previous],
-        ).df()
-        categories = sorted(set(shares["value"]))
-        current = shares[shares["is_current"]].set_index("value")["share"]
-        today = current.reindex(categories, fill_value=0.0)
-        earlier = shares[~shares["is_current"]].groupby("value")["share"].sum() / len(previous)
-        earlier = earlier.reindex(categories, fill_value=0.0)
-        value = drift.psi(earlier.to_numpy(), today.to_numpy())
-        span = f"{min(previous)} to {max(previous)}" if len(previous) > 1 else str(previous[0])
-        rows.append(
-            {
-                "as_of_date": as_of,
-                "check_name": "segment_mix",
-                "model_kind": model,
-                "model_version": versions.get(model) if model else None,
-                "name": column,
-                "statistic": "psi",
-                "value": value,
-                "warn_at": thresholds.psi_warn,
-                "alert_at": thresholds.psi_alert,
-                "level": level(value, thresholds.psi_warn, thresholds.psi_alert),
-                "compared_with": (
-                    f"mean shares of {len(previous)} previous published "
-                    f"date{'s' if len(previous) > 1 else ''} ({span})"
-                ),
-                "rows": customers,
-            }
-        )
-    return rows
-
-
-def realized_outcomes(con: duckdb.DuckDBPyConnection, scored_date: dt.date) -> pd.DataFrame:
-    """The published scores of `scored_date` next to what happened in the label horizon after
-    it (marts.training_labels); empty when the labels are not there yet."""
-    if not table_exists(con, "marts", "training_labels"):
-        return pd.DataFrame()
-    return con.execute(
-        """SELECT s.customer_id, s.purchase_propensity, s.churn_risk, s.engagement_propensity,
-                  s.predicted_clv, s.purchase_propensity_model_version,
-                  s.churn_risk_model_version, s.engagement_propensity_model_version,
-                  s.customer_value_model_version,
-                  l.purchased, l.churned, l.clicked_email, l.was_active,
-                  CAST(l.revenue_in_horizon AS DOUBLE) AS revenue_in_horizon
-           FROM published.customer_segments s
-           JOIN marts.training_labels l USING (customer_id, as_of_date)
-           WHERE s.as_of_date = ?
-           ORDER BY s.customer_id""",
-        [scored_date],
-    ).df()
-
-
-def realized_metrics(kind: str, outcomes: pd.DataFrame) -> tuple[dict[str, float], int]:
-    """The metrics of REALIZED_METRICS[kind] on matured outcomes, and the customers they cover
-    (churn: active customers with a churn score)."""
-    from ml.models import evaluate
-
-    column = OUTPUT_COLUMNS[kind]
-    rows = outcomes[outcomes[column].notna()]
-    if kind == "churn_risk":
-        rows = rows[rows["was_active"].astype(bool)]
-    y = evaluate.target(kind, rows)
-    score = rows[column].to_numpy(dtype=float)
-    if kind == "customer_value":
-        metrics = evaluate.regression_metrics(y, score)
-    elif len(np.unique(y)) < 2:
-        return {}, len(rows)
-    else:
-        metrics = evaluate.classification_metrics(y, score)
-    return {name: metrics[name] for name in REALIZED_METRICS[kind]}, len(rows)
-
-
-def _realized_performance(
-    settings: Settings, con: duckdb.DuckDBPyConnection, as_of: dt.date, notes: list[str]
-) -> list[dict]:
-    from ml.models import evaluate
-    from ml.models.registry import mlflow_client, registered_name
-
-    scored_date = as_of - dt.timedelta(days=settings.label_horizon_days)
-    outcomes = realized_outcomes(con, scored_date)
-    if outcomes.empty:
-        notes.append(
-            f"realized performance: no published scores with matured labels for {scored_date} "
-            f"(the date {settings.label_horizon_days} days before)"
-        )
-        return []
-    client = mlflow_client(settings)
-    drop_alert = settings.monitoring.realized_drop_alert
-    rows = []
-    for kind in REALIZED_METRICS:
-        versions = outcomes[f"{kind}_model_version"].dropna()
-        if versions.empty:
-            notes.append(f"{kind} on {scored_date}: not applicable, no score to judge")
-            continue
-        version = int(versions.max())
-        metrics, customers = realized_metrics(kind, outcomes)
-        if not metrics:
-            notes.append(f"{kind} on {scored_date}: one outcome only, no ranking metric")
-            continue
-        run_id = client.get_model_version(registered_name(kind), str(version)).run_id
-        validation = client.get_run(run_id).data.metrics
-        gate = evaluate.GATE_METRIC[kind]
-        for metric, realized in metrics.items():
-            expected = validation.get(metric)
-            change = None if expected is None else realized - expected
-            is_gate = metric == gate
-            rows.append(
-                {
-                    "as_of_date": as_of,
-                    "scored_date": scored_date,
-                    "model_kind": kind,
-                    "model_version": version,
-                    "customers": customers,
-                    "metric": metric,
-                    "realized": realized,
-                    "validation": expected,
-                    "change": change,
-                    "alert_at": -drop_alert if is_gate else None,
-                    "level": (
-                        level(-change, drop_alert / 2, drop_alert)
-                        if is_gate and change is not None
-                        else "ok"
-                    ),
-                }
-            )
-    return rows
 
 
 def _alert_reasons(
@@ -434,8 +97,6 @@ def _alert_reasons(
 ) -> tuple[list[dict], list[str]]:
     """One reason per alerting statistic (a feature that drifted for several models is one
     reason naming them), and the models to retrain."""
-    from ml.models.registry import MODEL_KINDS
-
     reasons: list[dict] = []
     models: set[str] = set()
     alerting = drift_metrics[drift_metrics["level"] == "alert"] if len(drift_metrics) else []
@@ -445,7 +106,7 @@ def _alert_reasons(
         ):
             kinds = sorted(k for k in group["model_kind"].dropna().unique())
             # A drifting RFM mix concerns every model: rfm_segment is an input of all of them.
-            concerned = kinds or list(MODEL_KINDS)
+            concerned = kinds or list(catalogue.MODEL_KINDS)
             models.update(concerned)
             reasons.append(
                 {
@@ -472,7 +133,7 @@ def _alert_reasons(
                 }
             )
     reasons.sort(key=lambda reason: -reason["value"] / reason["threshold"])
-    return reasons, [kind for kind in MODEL_KINDS if kind in models]
+    return reasons, [kind for kind in catalogue.MODEL_KINDS if kind in models]
 
 
 def describe(reason: dict) -> str:
@@ -491,15 +152,13 @@ def describe(reason: dict) -> str:
 
 def _store(con: duckdb.DuckDBPyConnection, result: MonitoringResult) -> None:
     """Replace the date's monitoring rows, all tables in one transaction."""
-    con.execute("CREATE SCHEMA IF NOT EXISTS monitoring")
-    for table, columns in TABLES.items():
-        con.execute(f"CREATE TABLE IF NOT EXISTS monitoring.{table} {columns}")
+    tables.ensure(con, *tables.MONITORING)
     drift_rows = result.drift_metrics  # noqa: F841  (read by name in SQL)
     performance_rows = result.model_performance  # noqa: F841
     con.execute("BEGIN TRANSACTION")
     try:
-        for table in TABLES:
-            con.execute(f"DELETE FROM monitoring.{table} WHERE as_of_date = ?", [result.as_of])
+        for table in tables.MONITORING:
+            con.execute(f"DELETE FROM {table.qualified_name} WHERE as_of_date = ?", [result.as_of])
         if len(result.drift_metrics):
             con.execute("INSERT INTO monitoring.drift_metrics BY NAME SELECT * FROM drift_rows")
         if len(result.model_performance):
@@ -522,36 +181,33 @@ def _store(con: duckdb.DuckDBPyConnection, result: MonitoringResult) -> None:
         raise
 
 
-def _frame(rows: list[dict], columns: str) -> pd.DataFrame:
-    names = [line.strip().split()[0] for line in columns.strip("()\n").split(",\n")]
-    return pd.DataFrame(rows, columns=names)
+def _frame(rows: list[dict], table: tables.Table) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=list(table.column_names))
 
 
 def monitor(settings: Settings, as_of: dt.date) -> MonitoringResult:
     """Every check for the published date `as_of`: stored, reported, and returned."""
-    from ml.models.registry import MODEL_KINDS
-
     notes: list[str] = []
     with connect(settings, read_only=True) as con:
         if not table_exists(con, "published", "customer_segments"):
             raise MonitoringError("nothing is published yet: run segment_pipeline first")
-        versions = _published_versions(con, as_of)
+        versions = published_versions(con, as_of)
         if not versions:
             raise MonitoringError(
                 f"nothing is published for {as_of}: publish that date first (segment_pipeline)"
             )
         notes += [
             f"{kind}: not applicable on {as_of}, no score to check"
-            for kind in MODEL_KINDS
+            for kind in catalogue.MODEL_KINDS
             if kind not in versions
         ]
-        drift_rows = _reference_drift(settings, con, as_of, versions, notes)
-        drift_rows += _segment_mix_drift(con, as_of, versions, settings.monitoring, notes)
-        performance_rows = _realized_performance(settings, con, as_of, notes)
+        drift_rows = reference_drift(settings, con, as_of, versions, notes)
+        drift_rows += segment_mix_drift(con, as_of, versions, settings.monitoring, notes)
+        performance_rows = realized_performance(settings, con, as_of, notes)
     result = MonitoringResult(
         as_of=as_of,
-        drift_metrics=_frame(drift_rows, DRIFT_METRICS_COLUMNS),
-        model_performance=_frame(performance_rows, MODEL_PERFORMANCE_COLUMNS),
+        drift_metrics=_frame(drift_rows, tables.DRIFT_METRICS),
+        model_performance=_frame(performance_rows, tables.MODEL_PERFORMANCE),
         reasons=[],
         models=[],
         notes=notes,
@@ -674,8 +330,6 @@ def _write_report(settings: Settings, result: MonitoringResult) -> Path:
 
 def _log_to_mlflow(settings: Settings, result: MonitoringResult) -> str:
     """One run in the `segflow-monitoring` experiment: the report and the worst statistics."""
-    from ml.models.registry import experiment_id, mlflow_client
-
     client = mlflow_client(settings)
     run = client.create_run(
         experiment_id(settings, EXPERIMENT),

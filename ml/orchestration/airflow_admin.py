@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Mapping
 
-from ml.config import ConfigError
+from ml.errors import ConfigError
 
 REQUIRED_VARIABLES = {
     "AIRFLOW_ADMIN_USERNAME": "the first UI/API user's name",

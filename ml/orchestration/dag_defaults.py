@@ -1,5 +1,6 @@
-"""What every segflow DAG shares: the start date, the warehouse pool and queue, retry policy and
-failure alerts, the assets that show lineage in the UI, and the run's as-of date.
+"""What every segflow DAG shares: the start date and the dates a run can compute, the warehouse
+pool and queue, retry policy and failure alerts, the assets that show lineage in the UI, and
+the `as_of_date` param (the run's as-of date itself: ml/orchestration/as_of.py).
 
 Kept free of heavy imports: DAG files import this at parse time.
 """
@@ -13,9 +14,19 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from airflow.sdk import Asset, Param
+from airflow.sdk.exceptions import AirflowFailException
 
 from ml.contract import ENTITIES
+from ml.errors import (
+    AsOfDateError,
+    ConfigError,
+    NoChampion,
+    RunDidNotRun,
+    TrainingSetError,
+)
+from ml.models import catalogue
 from ml.monitoring.alerts import record_task_failure
+from ml.warehouse import tables
 
 WAREHOUSE_POOL = "warehouse"
 """Pool of size 1: DuckDB allows one writing process, so every task that writes the
@@ -48,53 +59,48 @@ DAG_TAGS = {"segflow", "daily", "training", "monitoring", "triggers"}
 """The small set of tags DAGs may use."""
 
 
-MODEL_KINDS = (
-    "personas",
-    "purchase_propensity",
-    "churn_risk",
-    "engagement_propensity",
-    "customer_value",
-)
-"""The models train_models registers as `segflow_<kind>` (ml.models.registry holds the same tuple; a
-test keeps them equal, so that parsing a DAG needs no MLflow import)."""
-
-
 def _table(schema: str, name: str) -> Asset:
     return Asset(name=f"{schema}.{name}", uri=f"duckdb://segflow/{schema}/{name}")
 
 
+def _defined(table: tables.Table) -> Asset:
+    return _table(table.schema, table.name)
+
+
 RAW_TABLES = [_table("raw", entity.name) for entity in ENTITIES]
-REVIEW_SENTIMENT = _table("derived", "review_sentiment")
-VALIDATION_RESULTS = _table("quality", "validation_results")
+REVIEW_SENTIMENT = _defined(tables.REVIEW_SENTIMENT)
+VALIDATION_RESULTS = _defined(tables.VALIDATION_RESULTS)
 FEATURE_MARTS = [_table("marts", "customer_features"), _table("marts", "training_labels")]
 """Built by dbt; updated in Airflow once the features gate has passed them."""
-SEGMENT_TABLES = (
-    "customer_segments",
-    "audience_members",
-    "audience_definitions",
-    "not_applicable_models",
-)
-"""The tables a date's scoring stages and its publication swaps in (ml.segments.score.DATED_TABLES)."""
-STAGED_SEGMENTS = [_table("staging", name) for name in SEGMENT_TABLES]
+STAGED_SEGMENTS = [_defined(table) for table in tables.STAGED_SEGMENTS]
 TRAINING_SET = Asset(name="training_set", uri="file://segflow/training")
 REGISTERED_MODELS = [
-    Asset(name=f"segflow_{kind}", uri=f"mlflow://segflow/models/segflow_{kind}")
-    for kind in MODEL_KINDS
+    Asset(name=model.registered_name, uri=f"mlflow://segflow/models/{model.registered_name}")
+    for model in catalogue.MODELS
 ]
-PUBLISHED_SEGMENTS = [_table("published", name) for name in (*SEGMENT_TABLES, "publications")]
+PUBLISHED_SEGMENTS = [
+    _defined(table) for table in (*tables.PUBLISHED_SEGMENTS, tables.PUBLICATIONS)
+]
 AUDIENCE_EXPORTS = Asset(name="audience_exports", uri="file://segflow/exports")
 STAGED_TRIGGERS = [
-    _table("staging", name)
-    for name in ("trigger_members", "trigger_suppressions", "trigger_refreshes")
+    _defined(table)
+    for table in (
+        tables.STAGED_TRIGGER_MEMBERS,
+        tables.STAGED_SUPPRESSIONS,
+        tables.STAGED_REFRESHES,
+    )
 ]
 PUBLISHED_TRIGGERS = [
-    _table("published", name) for name in ("trigger_members", "suppressions", "trigger_refreshes")
+    _defined(table)
+    for table in (
+        tables.PUBLISHED_TRIGGER_MEMBERS,
+        tables.PUBLISHED_SUPPRESSIONS,
+        tables.PUBLISHED_REFRESHES,
+    )
 ]
 TRIGGER_EXPORTS = Asset(name="trigger_exports", uri="file://segflow/exports/triggers")
 SEGMENT_REPORT = Asset(name="segment_report", uri="file://segflow/reports/segments")
-MONITORING_TABLES = [
-    _table("monitoring", name) for name in ("drift_metrics", "model_performance", "drift_alerts")
-]
+MONITORING_TABLES = [_defined(table) for table in tables.MONITORING]
 DRIFT_REPORT = Asset(name="drift_report", uri="file://segflow/reports/drift")
 DRIFT_ALERT = Asset(name="drift_alert", uri="segflow://monitoring/drift_alert")
 """Emitted by the drift monitor when a check alerts; schedules train_models. Its event's extra
@@ -112,18 +118,6 @@ def as_of_param(what: str) -> Param:
     )
 
 
-def drift_request(triggering_asset_events: Mapping[Any, Any] | None) -> dict[str, Any] | None:
-    """What the newest drift alert that triggered this run asks for (`as_of_date`, `models`,
-    `reasons`), or None when the run was not triggered by one."""
-    events = list((triggering_asset_events or {}).get(DRIFT_ALERT, []))
-    requests = [event.extra for event in events if (event.extra or {}).get("as_of_date")]
-    return max(requests, key=lambda extra: extra["as_of_date"]) if requests else None
-
-
-class AsOfDateError(ValueError):
-    """The run's as-of date cannot be determined, is not a date, or no run can compute it."""
-
-
 def runnable_as_of(text: str) -> dt.date:
     """The date `text` names, when a run by logical date computes it (`make run`, `make
     backfill`); AsOfDateError says why not."""
@@ -137,10 +131,6 @@ def runnable_as_of(text: str) -> dt.date:
             "none of their tasks for it"
         )
     return day
-
-
-class RunDidNotRun(RuntimeError):
-    """A run that Airflow reports as successful did not run its tasks."""
 
 
 FINISHED_STATES = ("success", "skipped")
@@ -173,38 +163,7 @@ def fail_at_once_on_lasting_errors() -> Iterator[None]:
     good (AirflowFailException skips the retries). Those are bad settings, data that cannot give
     a training set, and a cold start that leaves a model without champion: the same settings
     and data fail the same way, and each try of a training would register more versions."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from ml.config import ConfigError
-    from ml.models.registry import NoChampion
-    from ml.models.training_sets import TrainingSetError
-
     try:
         yield
     except (ConfigError, NoChampion, TrainingSetError) as error:
         raise AirflowFailException(str(error)) from error
-
-
-def resolve_as_of(
-    params: Mapping[str, Any] | None,
-    data_interval_start: dt.datetime | None,
-    logical_date: dt.datetime | None,
-) -> dt.date:
-    """The date a run computes: the `as_of_date` param when given, else the day of the run's
-    logical date (a scheduled run, a backfill and `airflow dags test segment_pipeline D` for
-    day D all compute D), else the day its data interval starts."""
-    requested = (params or {}).get("as_of_date")
-    if requested:
-        try:
-            return dt.date.fromisoformat(str(requested))
-        except ValueError:
-            raise AsOfDateError(
-                f"param as_of_date={requested!r} is not a date (YYYY-MM-DD)"
-            ) from None
-    for moment in (logical_date, data_interval_start):
-        if moment is not None:
-            return moment.date()
-    raise AsOfDateError(
-        "this run has neither an as_of_date param nor a logical date: "
-        'trigger it with a logical date or conf {"as_of_date": "YYYY-MM-DD"}'
-    )

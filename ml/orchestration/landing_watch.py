@@ -1,11 +1,12 @@
 """The landing zone's watcher: the Airflow trigger that starts a refresh when files land.
 
 `refresh_triggers` is scheduled on the asset `landing_files`, whose asset watcher runs
-`LandingFilesTrigger` in Airflow's triggerer. Every `poll_seconds` it lists the contract
-entities' landing folders. When files have appeared or changed since its last event and none
-has changed for one poll (a copy in progress does not count; a burst of files is one event), it
-fires an event naming them; Airflow records it as an event of the asset, which starts a refresh
-run.
+`LandingFilesTrigger` in Airflow's triggerer. Every SEGFLOW_LANDING_POLL_SECONDS it lists the
+contract entities' folders in SEGFLOW_LANDING_DIR (the settings of the triggerer, the process
+that lists the files, read when the watcher starts). When files have appeared or changed since
+its last event and none has changed for one poll (a copy in progress does not count; a burst of
+files is one event), it fires an event naming them; Airflow records it as an event of the
+asset, which starts a refresh run.
 
 Files are told new by their change time (ctime), which a rename or copy sets to the moment it
 happens, whatever modification time the file keeps: a writer that writes `.part.parquet` and
@@ -27,6 +28,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
+from ml.config import load_settings
 from ml.contract import ENTITIES
 from ml.ingest.landing import ERASURE_REQUESTS, is_writer_artifact, landing_format
 
@@ -101,18 +103,13 @@ def ready_files(
 class LandingFilesTrigger(BaseEventTrigger):
     """Fires when settled new or changed files are in the landing folder (see the module)."""
 
-    def __init__(self, landing_dir: str, poll_seconds: float = 5.0):
+    def __init__(self):
         super().__init__()
-        self.landing_dir = landing_dir
-        self.poll_seconds = poll_seconds
         # Kept here too, for a watcher run without a state store (outside a triggerer).
         self._watermark: dict | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {"landing_dir": self.landing_dir, "poll_seconds": self.poll_seconds},
-        )
+        return f"{type(self).__module__}.{type(self).__qualname__}", {}
 
     async def _load_watermark(self) -> dict | None:
         if self.asset_state_store is None:
@@ -125,7 +122,8 @@ class LandingFilesTrigger(BaseEventTrigger):
             await self.asset_state_store.aset(WATERMARK_KEY, watermark)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        landing = Path(self.landing_dir)
+        settings = load_settings()
+        landing = settings.landing_dir
         watermark = await self._load_watermark()
         last_poll: dict[str, Stat] = {}
         busy_polls = 0
@@ -155,4 +153,4 @@ class LandingFilesTrigger(BaseEventTrigger):
                 watermark = watermark_of(ready, watermark)
                 await self._save_watermark(watermark)
             last_poll = fresh
-            await asyncio.sleep(self.poll_seconds)
+            await asyncio.sleep(settings.landing_poll_seconds)

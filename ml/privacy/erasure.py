@@ -37,8 +37,10 @@ from pathlib import Path
 
 import duckdb
 
+from ml.checksums import file_sha256
 from ml.config import Settings
-from ml.ingest.landing import ERASURE_REQUESTS, Fingerprint, discover, file_sha256
+from ml.errors import ErasureError
+from ml.ingest.landing import ERASURE_REQUESTS, Fingerprint, discover
 from ml.privacy.erasure_files import (
     ERASED,
     NAME_CHARACTERS,
@@ -52,6 +54,7 @@ from ml.privacy.erasure_files import (
     update_manifest,
 )
 from ml.privacy.pseudonyms import CUSTOMER_ID, EMAIL, PseudonymKey, pseudonym_key
+from ml.warehouse import tables
 from ml.warehouse.connection import connect
 
 log = logging.getLogger(__name__)
@@ -60,10 +63,6 @@ IDENTITY_COLUMNS = ("customer_id", "email")
 RECORD_COLUMNS = ("record",)
 """JSON columns holding a delivered row (quarantine.held_rows keeps it whole while it waits):
 such a row naming an identity goes."""
-
-
-class ErasureError(RuntimeError):
-    """An erasure could not be completed; the message names where, never whom."""
 
 
 @dataclass
@@ -133,26 +132,9 @@ class ErasureResult:
         return "\n".join(lines)
 
 
-def ensure_privacy_tables(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute("CREATE SCHEMA IF NOT EXISTS privacy")
-    con.execute(
-        """CREATE TABLE IF NOT EXISTS privacy.erased_identities (
-            kind VARCHAR NOT NULL, identity_hash VARCHAR NOT NULL, erasure_id VARCHAR NOT NULL,
-            erased_at TIMESTAMP NOT NULL, PRIMARY KEY (kind, identity_hash))"""
-    )
-    con.execute(
-        """CREATE TABLE IF NOT EXISTS privacy.erasures (
-            erasure_id VARCHAR PRIMARY KEY, erased_at TIMESTAMP NOT NULL, source VARCHAR NOT NULL,
-            identities_requested INTEGER NOT NULL, customers_found INTEGER NOT NULL,
-            rows_deleted JSON NOT NULL, values_redacted JSON NOT NULL,
-            files_rewritten JSON NOT NULL, landing_files_left INTEGER NOT NULL,
-            files_still_holding INTEGER NOT NULL, seconds DOUBLE NOT NULL)"""
-    )
-
-
 def _tables(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], dict[str, str]]:
     """Every base table outside `privacy` with its columns and their types."""
-    tables: dict[tuple[str, str], dict[str, str]] = {}
+    columns: dict[tuple[str, str], dict[str, str]] = {}
     for schema, table, column, kind in con.execute(
         """SELECT c.table_schema, c.table_name, c.column_name, c.data_type
            FROM information_schema.columns c JOIN information_schema.tables t
@@ -161,8 +143,8 @@ def _tables(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], dict[str, s
              AND t.table_catalog = current_database()
            ORDER BY c.table_schema, c.table_name, c.ordinal_position"""
     ).fetchall():
-        tables.setdefault((schema, table), {})[column] = kind
-    return tables
+        columns.setdefault((schema, table), {})[column] = kind
+    return columns
 
 
 def _resolve(con: duckdb.DuckDBPyConnection, ids: set[str], emails: set[str]) -> Identities:
@@ -432,7 +414,7 @@ def forget(
     )
     before = settings.warehouse_path.stat().st_size if settings.warehouse_path.exists() else 0
     with connect(settings) as con:
-        ensure_privacy_tables(con)
+        tables.ensure(con, *tables.PRIVACY)
         identities = _resolve(con, ids, addresses)
         identities = Identities(
             identities.customer_ids,

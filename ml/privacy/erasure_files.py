@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ml.ingest.landing import file_sha256
+from ml.checksums import file_sha256
 
 ERASED = "[erased]"
 # Characters that may belong to an id or an address: an identity found inside a longer run of

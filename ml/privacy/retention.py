@@ -59,9 +59,12 @@ import duckdb
 
 from ml.config import Settings
 from ml.contract import ENTITIES, VERSION_ORDER
+from ml.models import catalogue
+from ml.models.registry import mlflow_client
 from ml.models.training_sets import training_set_dir
 from ml.monitoring.alerts import failures_path
 from ml.triggers.refresh import REFRESH_ID_FORMAT
+from ml.warehouse import tables
 from ml.warehouse.connection import connect, table_exists
 
 log = logging.getLogger(__name__)
@@ -197,9 +200,7 @@ def _raw_history(con: duckdb.DuckDBPyConnection, kind: KindReport, dry_run: bool
 
 
 def _published_history(con: duckdb.DuckDBPyConnection, kind: KindReport, dry_run: bool) -> None:
-    from ml.segments.score import DATED_TABLES  # scikit-learn: only when retention runs
-
-    dated = [(schema, name) for schema in ("published", "staging") for name in DATED_TABLES]
+    dated = [(t.schema, t.name) for t in (*tables.PUBLISHED_SEGMENTS, *tables.STAGED_SEGMENTS)]
     dated += [("marts", name) for name in FEATURE_MARTS]
     for schema, name in dated:
         if table_exists(con, schema, name):
@@ -343,13 +344,11 @@ def _aliased_training_sets(settings: Settings) -> dict[str, list[str]]:
         return {}  # no registry yet (reading must not create it)
     from mlflow.exceptions import MlflowException
 
-    from ml.models.registry import MODEL_KINDS, mlflow_client, registered_name
-
     client = mlflow_client(settings)
     used: dict[str, list[str]] = {}
-    for kind in MODEL_KINDS:
+    for registered_name in (m.registered_name for m in catalogue.MODELS):
         try:
-            model = client.get_registered_model(registered_name(kind))
+            model = client.get_registered_model(registered_name)
         except MlflowException as error:
             if error.error_code == "RESOURCE_DOES_NOT_EXIST":
                 continue

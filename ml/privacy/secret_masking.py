@@ -19,7 +19,8 @@ record this process creates, whatever handlers Airflow or the CLI configure, and
 secret values to Airflow's own task-log masker, which masks the lines Airflow writes itself (a
 task's failure and its traceback).
 
-Standard library only: ml/config.py imports it, and DAG files import that at parse time.
+Standard library only: ml/errors.py imports it (every ConfigError is masked), and DAG files
+import that at parse time.
 """
 
 from __future__ import annotations

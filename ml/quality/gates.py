@@ -27,30 +27,25 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+from expectations.runner import validate_frame
 from ml.config import Settings
-from ml.contract import ENTITIES, ENTITY_BY_NAME
+from ml.contract import ENTITIES, ENTITY_BY_NAME, as_of_cutoff
+from ml.errors import (
+    BadFilesWaiting,
+    GateFailed,
+    QualityGateFailed,
+    QuarantineTooLarge,
+    StaleData,
+)
+from ml.models import catalogue
+from ml.segments.consent import create_current_suppressions
+from ml.triggers.refresh import create_latest_segments, latest_daily_publication, staged_summary
 from ml.warehouse.connection import connect, table_exists
 
 log = logging.getLogger(__name__)
 
 HASH_SPACE = 1 << 32
 PREVIOUS_RUNS_FOR_MEANS = 7
-
-
-class QualityGateFailed(RuntimeError):
-    """A gate stopped the run; the message says which checks failed and why."""
-
-
-class QuarantineTooLarge(QualityGateFailed):
-    """Too large a share of a run's rows broke the contract."""
-
-
-class BadFilesWaiting(QualityGateFailed):
-    """Landing files were set aside whole and nobody has replaced or accepted them."""
-
-
-class StaleData(QualityGateFailed):
-    """The newest order is older than the freshness limit."""
 
 
 def latest_load_time(settings: Settings) -> dt.datetime:
@@ -147,7 +142,7 @@ def check_bad_files(settings: Settings) -> None:
 
 def data_freshness(settings: Settings, as_of: dt.date) -> dict:
     """How old the newest order before the run's cutoff is, against the freshness limit."""
-    cutoff = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())
+    cutoff = as_of_cutoff(as_of)
     with connect(settings, read_only=True) as con:
         (newest,) = con.execute(
             "SELECT max(ordered_at) FROM raw.orders WHERE ordered_at < ?", [cutoff]
@@ -213,8 +208,6 @@ def run_raw_gate(
 def validate_all(settings: Settings, checks: Iterable, run_date: dt.date, what: str) -> list:
     """Each (frame, suite) that has rows; one GateFailed with every suite's failed errors, after
     all of them ran (their results are stored either way)."""
-    from expectations.runner import GateFailed, validate_frame
-
     reports, problems = [], []
     for frame, suite in checks:
         if frame.empty:
@@ -238,7 +231,7 @@ def features_frame(
     under the same sample, and the guarded features' means over the previous dates."""
     from expectations.suites import GUARDED_FEATURES
 
-    cutoff = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time())
+    cutoff = as_of_cutoff(as_of)
     with connect(settings, read_only=True) as con:
         rows = con.execute(
             "SELECT count(*) FROM marts.customer_features WHERE as_of_date = ?", [as_of]
@@ -271,7 +264,6 @@ def previous_means(con, table: str, columns, as_of: dt.date) -> dict[str, float]
 
 
 def run_features_gate(settings: Settings, as_of: dt.date):
-    from expectations.runner import validate_frame
     from expectations.suites import features_suite
 
     frame, known, previous = features_frame(settings, as_of)
@@ -320,13 +312,11 @@ def segments_frame(
 def run_segments_gate(settings: Settings, as_of: dt.date):
     """The scored segments in staging, before they are published: a failure stops the publish
     and leaves the last good publication in place."""
-    from expectations.runner import validate_frame
     from expectations.suites import segments_suite
-    from ml.segments.personas import PERSONA_CATALOGUE
 
     frame, feature_rows, previous, not_applicable = segments_frame(settings, as_of)
     suite = segments_suite(
-        feature_rows, list(PERSONA_CATALOGUE), previous, settings.quality, not_applicable
+        feature_rows, list(catalogue.PERSONA_NAMES), previous, settings.quality, not_applicable
     )
     report = validate_frame(settings, frame, suite, as_of)
     report.raise_on_errors()
@@ -338,8 +328,6 @@ def run_triggers_gate(settings: Settings, refresh_id: str) -> list:
     the latest daily publication), and its new suppressions: a failure stops the publish and
     leaves the last delta export as it was."""
     from expectations.suites import suppressions_suite, trigger_members_suite
-    from ml.segments.consent import create_current_suppressions
-    from ml.triggers.refresh import create_latest_segments, latest_daily_publication, staged_summary
 
     with connect(settings, read_only=True) as con:
         summary = staged_summary(con, refresh_id)

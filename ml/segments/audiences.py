@@ -34,24 +34,30 @@ from pathlib import Path
 import duckdb
 import yaml
 
+from ml.errors import AudienceError
+from ml.features.vocabulary import RFM_SEGMENTS
+from ml.models import catalogue
+
 BANDS = ("low", "medium", "high")
 SEND_HOUR_SOURCES = ("customer", "segment")
 
 TEXT, NUMBER, HOUR = "text", "number", "hour"
 AUDIENCE_COLUMNS = {
-    "segment": TEXT,
+    catalogue.PERSONAS.output_column: TEXT,
     "rfm_segment": TEXT,
-    "purchase_propensity": NUMBER,
-    "purchase_propensity_band": TEXT,
-    "churn_risk": NUMBER,
-    "churn_risk_band": TEXT,
-    "engagement_propensity": NUMBER,
-    "engagement_propensity_band": TEXT,
-    "predicted_clv": NUMBER,
+    **{
+        column: kind
+        for model in catalogue.SCORES
+        for column, kind in (
+            (model.output_column, NUMBER),
+            *([(model.band_column, TEXT)] if model.band_column else []),
+        )
+    },
     "best_send_hour": HOUR,
     "send_hour_source": TEXT,
 }
 """The published columns an audience may filter on, and what their values are."""
+PROBABILITY_COLUMNS = frozenset(model.output_column for model in catalogue.PROBABILITIES)
 
 OPERATORS = ("in", "not in", "==", "!=", ">=", ">", "<=", "<")
 ORDERING = (">=", ">", "<=", "<")
@@ -63,10 +69,6 @@ HOLDOUT_FRACTION_SQL = (
 )
 """The customer's place in [0, 1) for an audience: md5's first 32 bits as a fraction (the same
 in Python: int(hashlib.md5(f"{audience}:{customer_id}".encode()).hexdigest()[:8], 16) / 2**32)."""
-
-
-class AudienceError(ValueError):
-    """An audience file cannot be used; the message names the file, the audience and the field."""
 
 
 @dataclass(frozen=True)
@@ -103,15 +105,10 @@ class Audience:
 
 def filter_vocabulary() -> dict[str, tuple[str, ...]]:
     """The values a text column can hold, so that a typo is an error, not an empty audience."""
-    from ml.features.dbt import RFM_SEGMENTS
-    from ml.segments.personas import PERSONA_CATALOGUE
-
     return {
-        "segment": tuple(PERSONA_CATALOGUE),
-        "rfm_segment": tuple(RFM_SEGMENTS),
-        "purchase_propensity_band": BANDS,
-        "churn_risk_band": BANDS,
-        "engagement_propensity_band": BANDS,
+        "segment": tuple(catalogue.PERSONA_NAMES),
+        "rfm_segment": RFM_SEGMENTS,
+        **{model.band_column: BANDS for model in catalogue.PROBABILITIES},
         "send_hour_source": SEND_HOUR_SOURCES,
     }
 
@@ -131,7 +128,7 @@ def _check_value(where: str, column: str, value, vocabulary: dict) -> str | floa
         raise AudienceError(f"{where}: expected a number, got {value!r}")
     if kind == HOUR and not (isinstance(value, int) and 0 <= value <= 23):
         raise AudienceError(f"{where}: expected an hour 0..23, got {value!r}")
-    if column != "predicted_clv" and kind == NUMBER and not 0 <= value <= 1:
+    if column in PROBABILITY_COLUMNS and not 0 <= value <= 1:
         raise AudienceError(f"{where}: {column} is a probability, {value!r} is not in [0, 1]")
     return float(value) if kind == NUMBER else value
 

@@ -25,6 +25,7 @@ import datetime as dt
 import duckdb
 
 from ml.contract import PLAIN_ADDRESS_PATTERN, VERSION_ORDER
+from ml.warehouse.sql import literal
 
 SUPPRESSION_REASONS = ("unsubscribed", "complaint", "hard_bounce", "no_opt_in", "invalid_address")
 """In order of precedence: a customer's first reason that applies is the one recorded (the
@@ -47,8 +48,7 @@ def is_plain_address_sql(address: str) -> str:
     """SQL: whether the address expression is a plain address (ml/contract.py
     PLAIN_ADDRESS_PATTERN, which dbt's `is_valid_email` applies for the features); false when it
     is null."""
-    pattern = PLAIN_ADDRESS_PATTERN.replace("'", "''")
-    return f"coalesce(regexp_full_match({address}, '{pattern}'), false)"
+    return f"coalesce(regexp_full_match({address}, {literal(PLAIN_ADDRESS_PATTERN)}), false)"
 
 
 def create_current_suppressions(

@@ -46,17 +46,8 @@ from sklearn.metrics import silhouette_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import PowerTransformer
 
-PERSONA_CATALOGUE: dict[str, str] = {
-    "Loyal high spenders": "Buy often, recently and for the most money.",
-    "Regular buyers": "Buy steadily; ordered recently and several times this quarter.",
-    "New customers": "Signed up recently; still finding their way around the shop.",
-    "Engaged browsers": "Visit and look at products a lot, but rarely buy.",
-    "Email enthusiasts": "Open and click the shop's e-mails far more than most.",
-    "Bargain hunters": "Order often, but small baskets: sales and offers bring them in.",
-    "Lapsing customers": "Used to buy regularly; their spending is falling off.",
-    "Dormant": "No order for a long time and hardly any opens or visits.",
-    "One-time buyers": "Ordered once and have not come back.",
-}
+from ml.models.catalogue import PERSONA_NAMES
+from ml.models.sampling import sample_rows
 
 NEVER_ORDERED_RECENCY_DAYS = 730
 """An integer, like the fill of the activity columns: when every customer has ordered, the
@@ -145,13 +136,6 @@ def embed(model: Pipeline, frame: pd.DataFrame) -> np.ndarray:
     return model[:-1].transform(frame[PERSONA_FEATURES])
 
 
-def sample_rows(n_rows: int, size: int) -> np.ndarray:
-    """A fixed random subset of row positions (all of them when there are few)."""
-    if n_rows <= size:
-        return np.arange(n_rows)
-    return np.sort(np.random.default_rng(RANDOM_STATE).choice(n_rows, size, replace=False))
-
-
 def profile(model: Pipeline, frame: pd.DataFrame) -> pd.DataFrame:
     """Per cluster label: the mean standardised features, `single_order` and `share`."""
     space = pd.DataFrame(embed(model, frame), columns=PERSONA_FEATURES)
@@ -167,7 +151,7 @@ def profile(model: Pipeline, frame: pd.DataFrame) -> pd.DataFrame:
 
 def name_personas(profile_table: pd.DataFrame) -> dict[int, str]:
     """Cluster label -> persona name, by the rules in the module docstring."""
-    order = list(PERSONA_CATALOGUE)
+    order = list(PERSONA_NAMES)
     pairs = []
     for label, values in profile_table.iterrows():
         for name, weights in NAMING_RULES.items():
@@ -187,7 +171,7 @@ def describe(names: dict[int, str], model: Pipeline, frame: pd.DataFrame) -> dic
     texts = {}
     for label, name in names.items():
         if label not in numbers.groups:
-            texts[label] = PERSONA_CATALOGUE[name]
+            texts[label] = PERSONA_NAMES[name]
             continue
         group = numbers.get_group(label)
         recency = pd.to_numeric(group["recency_days"]).median()
@@ -201,7 +185,7 @@ def describe(names: dict[int, str], model: Pipeline, frame: pd.DataFrame) -> dic
         ]
         if not pd.isna(open_rate):
             facts.append(f"opens {open_rate:.0%} of e-mails")
-        texts[label] = f"{PERSONA_CATALOGUE[name]} {'; '.join(facts)}."
+        texts[label] = f"{PERSONA_NAMES[name]} {'; '.join(facts)}."
     return texts
 
 

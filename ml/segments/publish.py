@@ -36,28 +36,21 @@ from pathlib import Path
 
 import duckdb
 
+from ml.checksums import file_sha256
 from ml.config import Settings
+from ml.contract import as_of_cutoff
 from ml.csv_exports import formula_rule_summary, write_csv
-from ml.ingest.landing import file_sha256
+from ml.errors import PublishError
+from ml.models import catalogue
+from ml.quality import gates
 from ml.segments.audiences import audience_counts
 from ml.segments.consent import create_current_suppressions, create_customers_in_force
-from ml.segments.score import (
-    DATED_TABLES,
-    PROBABILITY_KINDS,
-    ensure_segment_tables,
-    not_applicable_on,
-)
+from ml.segments.score import not_applicable_on
+from ml.warehouse import tables
 from ml.warehouse.connection import connect, table_exists
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION_COLUMNS = (
-    "personas_model_version",
-    "purchase_propensity_model_version",
-    "churn_risk_model_version",
-    "engagement_propensity_model_version",
-    "customer_value_model_version",
-)
 EXPORT_COLUMNS = {
     "customer_id": "s.customer_id",
     "email": "lower(trim(c.email))",
@@ -65,30 +58,19 @@ EXPORT_COLUMNS = {
     "rfm_segment": "s.rfm_segment",
     **{
         column: expression
-        for kind in PROBABILITY_KINDS
+        for model in catalogue.SCORES
         for column, expression in (
-            (kind, f"printf('%.6f', s.{kind})"),
-            (f"{kind}_band", f"s.{kind}_band"),
+            # Probabilities to six decimals, money to cents.
+            (
+                model.output_column,
+                f"printf('%.{6 if model.probability else 2}f', s.{model.output_column})",
+            ),
+            *([(model.band_column, f"s.{model.band_column}")] if model.band_column else []),
         )
     },
-    "predicted_clv": "printf('%.2f', s.predicted_clv)",
     "best_send_hour": "s.best_send_hour",
 }
 """Columns of an export file and how each is written (fixed decimals: stable bytes)."""
-PUBLICATIONS_COLUMNS = """(
-    as_of_date DATE NOT NULL,
-    run_id VARCHAR NOT NULL,
-    published_at TIMESTAMP NOT NULL,
-    rows BIGINT NOT NULL,
-    emailable BIGINT NOT NULL,
-    model_versions JSON NOT NULL,
-    audiences JSON NOT NULL,
-    exports_dir VARCHAR NOT NULL
-)"""
-
-
-class PublishError(RuntimeError):
-    """Nothing was published; the message says why and what to do."""
 
 
 def _staged_summary(
@@ -102,7 +84,9 @@ def _staged_summary(
     with connect(settings, read_only=True) as con:
         if not table_exists(con, "staging", "customer_segments"):
             raise nothing_staged
-        versions = ", ".join(f"min({c}), count(DISTINCT {c})" for c in MODEL_VERSION_COLUMNS)
+        versions = ", ".join(
+            f"min({m.version_column}), count(DISTINCT {m.version_column})" for m in catalogue.MODELS
+        )
         row = con.execute(
             f"""SELECT count(*), count(*) FILTER (WHERE is_emailable), {versions}
                 FROM staging.customer_segments WHERE as_of_date = ?""",
@@ -113,9 +97,9 @@ def _staged_summary(
     if not rows:
         raise nothing_staged
     model_versions = {}
-    for index, column in enumerate(MODEL_VERSION_COLUMNS):
+    for index, model in enumerate(catalogue.MODELS):
         version, distinct = row[2 + 2 * index], row[3 + 2 * index]
-        kind = column.removesuffix("_model_version")
+        kind, column = model.kind, model.version_column
         # A model not applicable scored nobody: no version at all, every other one exactly one.
         if distinct != (0 if kind in not_applicable else 1):
             raise PublishError(
@@ -139,7 +123,7 @@ def _write_exports(
     addresses in force on the date, less everyone consent suppresses now."""
     folder.mkdir(mode=0o700)
     create_current_suppressions(con, empty_opt_in_emailable)
-    create_customers_in_force(con, dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time()))
+    create_customers_in_force(con, as_of_cutoff(as_of))
     audiences, written = {}, {}
     select = ", ".join(f"{expression} AS {name}" for name, expression in EXPORT_COLUMNS.items())
     for audience, _, holdout_share, treatment, holdout in audience_counts(con, "staging", as_of):
@@ -182,14 +166,13 @@ def _replace_published_rows(
     con: duckdb.DuckDBPyConnection, as_of: dt.date, publication: dict
 ) -> None:
     """Inside the caller's transaction: the date's staged rows become the published ones."""
-    ensure_segment_tables(con, "staging")  # staged by an earlier version without every table
-    ensure_segment_tables(con, "published")
-    con.execute(f"CREATE TABLE IF NOT EXISTS published.publications {PUBLICATIONS_COLUMNS}")
-    for table in DATED_TABLES:
-        con.execute(f"DELETE FROM published.{table} WHERE as_of_date = ?", [as_of])
+    # Staging as well: an earlier version may have staged the date without every table.
+    tables.ensure(con, *tables.STAGED_SEGMENTS, *tables.PUBLISHED_SEGMENTS, tables.PUBLICATIONS)
+    for staged, published in zip(tables.STAGED_SEGMENTS, tables.PUBLISHED_SEGMENTS, strict=True):
+        con.execute(f"DELETE FROM {published.qualified_name} WHERE as_of_date = ?", [as_of])
         con.execute(
-            f"""INSERT INTO published.{table}
-                SELECT * FROM staging.{table} WHERE as_of_date = ? ORDER BY ALL""",
+            f"""INSERT INTO {published.qualified_name}
+                SELECT * FROM {staged.qualified_name} WHERE as_of_date = ? ORDER BY ALL""",
             [as_of],
         )
     con.execute(
@@ -241,13 +224,11 @@ def publish_segments(
     """Gate the date's staged segments (unless `gate_passed`: the caller just ran
     ml.quality.gates.run_segments_gate on them), then publish rows and exports together. Returns
     counts and paths. On any failure the previous publication and exports stay as they were."""
-    from ml.quality.gates import data_freshness, run_segments_gate
-
     rows, emailable, model_versions, not_applicable = _staged_summary(settings, as_of)
     if not gate_passed:
-        run_segments_gate(settings, as_of)
+        gates.run_segments_gate(settings, as_of)
     # Said in every manifest; stale data reaches here only under SEGFLOW_STALE_DATA=publish.
-    freshness = data_freshness(settings, as_of)
+    freshness = gates.data_freshness(settings, as_of)
 
     exports_dir = settings.exports_dir
     exports_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -29,37 +29,12 @@ from dataclasses import asdict, dataclass
 from statistics import NormalDist
 
 from ml.config import Settings
+from ml.errors import ReadoutError
+from ml.warehouse import tables
 from ml.warehouse.connection import connect, table_exists
 
 CONFIDENCE = 0.95
 Z = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)
-
-READOUTS_COLUMNS = """(
-    as_of_date DATE NOT NULL,
-    audience VARCHAR NOT NULL,
-    sent_on DATE NOT NULL,
-    window_days INTEGER NOT NULL,
-    treatment_customers BIGINT NOT NULL,
-    treatment_converters BIGINT NOT NULL,
-    treatment_revenue DOUBLE NOT NULL,
-    holdout_customers BIGINT NOT NULL,
-    holdout_converters BIGINT NOT NULL,
-    holdout_revenue DOUBLE NOT NULL,
-    conversion_difference DOUBLE,
-    conversion_difference_low DOUBLE,
-    conversion_difference_high DOUBLE,
-    relative_lift DOUBLE,
-    relative_lift_low DOUBLE,
-    relative_lift_high DOUBLE,
-    revenue_per_customer_difference DOUBLE,
-    revenue_per_customer_difference_low DOUBLE,
-    revenue_per_customer_difference_high DOUBLE,
-    computed_at TIMESTAMP NOT NULL
-)"""
-
-
-class ReadoutError(RuntimeError):
-    """A readout cannot be computed yet; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -247,8 +222,7 @@ def _store(con, result: Readout) -> None:
     ]
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute("CREATE SCHEMA IF NOT EXISTS published")
-        con.execute(f"CREATE TABLE IF NOT EXISTS published.campaign_readouts {READOUTS_COLUMNS}")
+        tables.ensure(con, tables.CAMPAIGN_READOUTS)
         con.execute(
             """DELETE FROM published.campaign_readouts
                WHERE as_of_date = ? AND audience = ? AND sent_on = ? AND window_days = ?""",

@@ -16,6 +16,8 @@ import logging
 from pathlib import Path
 
 from ml.config import Settings
+from ml.models import catalogue
+from ml.models.registry import experiment_id, mlflow_client
 from ml.segments.audiences import audience_counts
 from ml.warehouse.connection import connect, table_exists
 
@@ -54,7 +56,7 @@ def _newest_publication(con, as_of: dt.date | None) -> dt.date | None:
 
 def _report_data(settings: Settings, as_of: dt.date) -> dict:
     """Every number the report and the summary show, for one published date."""
-    from ml.segments.score import PROBABILITY_KINDS, not_applicable_on
+    from ml.segments.score import not_applicable_on
 
     with connect(settings, read_only=True) as con:
         if _newest_publication(con, as_of) is None:
@@ -70,17 +72,18 @@ def _report_data(settings: Settings, as_of: dt.date) -> dict:
         ).df()
         not_applicable = not_applicable_on(con, "published", as_of)
         histograms = {}
-        for kind in (kind for kind in PROBABILITY_KINDS if kind not in not_applicable):
+        for model in (m for m in catalogue.PROBABILITIES if m.kind not in not_applicable):
+            score = model.output_column
             counts = dict(
                 con.execute(
-                    f"""SELECT least(floor({kind} * {HISTOGRAM_BINS}), {HISTOGRAM_BINS - 1})::INTEGER,
+                    f"""SELECT least(floor({score} * {HISTOGRAM_BINS}), {HISTOGRAM_BINS - 1})::INTEGER,
                                count(*)
                         FROM published.customer_segments
-                        WHERE as_of_date = ? AND {kind} IS NOT NULL GROUP BY 1""",
+                        WHERE as_of_date = ? AND {score} IS NOT NULL GROUP BY 1""",
                     [as_of],
                 ).fetchall()
             )
-            histograms[kind] = [counts.get(i, 0) for i in range(HISTOGRAM_BINS)]
+            histograms[model.kind] = [counts.get(i, 0) for i in range(HISTOGRAM_BINS)]
         clv = con.execute(
             """SELECT quantile_cont(predicted_clv, [0.1, 0.25, 0.5, 0.75, 0.9, 0.99])
                FROM published.customer_segments WHERE as_of_date = ?""",
@@ -216,8 +219,6 @@ th:first-child, td:first-child {{ text-align: left; }}
 def _log_to_mlflow(settings: Settings, data: dict, path: Path) -> str:
     """One run in the `segflow-publishing` experiment: the report and its headline numbers."""
     import mlflow
-
-    from ml.models.registry import experiment_id, mlflow_client
 
     client: mlflow.MlflowClient = mlflow_client(settings)
     profiles = data["profiles"]

@@ -40,83 +40,14 @@ from sklearn.compose import ColumnTransformer
 from sklearn.preprocessing import OrdinalEncoder
 
 from ml.config import PublishSettings, Settings
-from ml.models.registry import NotApplicable
+from ml.errors import ScoringError
+from ml.models import catalogue
+from ml.models.registry import NotApplicable, load_champion, not_applicable_models
 from ml.segments.audiences import Audience, audience_definitions, build_members, load_audiences
+from ml.warehouse import tables
 from ml.warehouse.connection import connect, table_exists
 
 log = logging.getLogger(__name__)
-
-
-SEGMENTS_COLUMNS = """(
-    customer_id VARCHAR NOT NULL,
-    as_of_date DATE NOT NULL,
-    segment VARCHAR,
-    rfm_segment VARCHAR,
-    purchase_propensity DOUBLE,
-    purchase_propensity_band VARCHAR,
-    churn_risk DOUBLE,
-    churn_risk_band VARCHAR,
-    engagement_propensity DOUBLE,
-    engagement_propensity_band VARCHAR,
-    predicted_clv DOUBLE,
-    best_send_hour INTEGER,
-    send_hour_source VARCHAR,
-    is_emailable BOOLEAN,
-    suppression_reason VARCHAR,
-    holdout_audiences VARCHAR[],
-    personas_model_version INTEGER,
-    purchase_propensity_model_version INTEGER,
-    churn_risk_model_version INTEGER,
-    engagement_propensity_model_version INTEGER,
-    customer_value_model_version INTEGER
-)"""
-MEMBERS_COLUMNS = """(
-    as_of_date DATE NOT NULL,
-    audience VARCHAR NOT NULL,
-    customer_id VARCHAR NOT NULL,
-    is_holdout BOOLEAN NOT NULL
-)"""
-DEFINITIONS_COLUMNS = """(
-    as_of_date DATE NOT NULL,
-    audience VARCHAR NOT NULL,
-    description VARCHAR NOT NULL,
-    holdout_share DOUBLE NOT NULL,
-    filters JSON NOT NULL
-)"""
-NOT_APPLICABLE_COLUMNS = """(
-    as_of_date DATE NOT NULL,
-    model_kind VARCHAR NOT NULL,
-    reason VARCHAR NOT NULL,
-    training_as_of DATE
-)"""
-DATED_TABLES = {
-    "customer_segments": SEGMENTS_COLUMNS,
-    "audience_members": MEMBERS_COLUMNS,
-    "audience_definitions": DEFINITIONS_COLUMNS,
-    "not_applicable_models": NOT_APPLICABLE_COLUMNS,
-}
-PROBABILITY_KINDS = ("purchase_propensity", "churn_risk", "engagement_propensity")
-OUTPUT_COLUMNS = {
-    "personas": "segment",
-    "purchase_propensity": "purchase_propensity",
-    "churn_risk": "churn_risk",
-    "engagement_propensity": "engagement_propensity",
-    "customer_value": "predicted_clv",
-}
-"""The customer_segments column holding each model's output."""
-
-
-class ScoringError(RuntimeError):
-    """Scoring cannot run for a date; the message says what to do."""
-
-
-def ensure_segment_tables(con: duckdb.DuckDBPyConnection, schema: str) -> None:
-    """`customer_segments`, `audience_members`, `audience_definitions` (what each audience
-    meant on the date) and `not_applicable_models` (the models that scored nobody, and why) in
-    `schema`: staging and published share their columns, so a swap is a plain insert."""
-    con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-    for table, columns in DATED_TABLES.items():
-        con.execute(f"CREATE TABLE IF NOT EXISTS {schema}.{table} {columns}")
 
 
 def not_applicable_on(con: duckdb.DuckDBPyConnection, schema: str, as_of: dt.date) -> dict:
@@ -229,25 +160,23 @@ def _final_inputs(
 def _score_chunk(frame: pd.DataFrame, champions: dict, keys: dict[str, str]) -> pd.DataFrame:
     """The chunk's scores; a model missing from `champions` (not applicable) scores NaN."""
     inputs = _final_inputs(frame, champions, keys)
-    personas = champions["personas"]
-    labels = personas.model[-1].predict(inputs["personas"])
+    personas = champions[catalogue.PERSONAS.kind]
+    labels = personas.model[-1].predict(inputs[catalogue.PERSONAS.kind])
     names = pd.Series(personas.persona_names).loc[labels].to_numpy()
-    scores = pd.DataFrame({"customer_id": frame["customer_id"].to_numpy(), "segment": names})
-    for kind in ("purchase_propensity", "engagement_propensity", "churn_risk", "predicted_clv"):
-        scores[kind] = np.nan
-    for kind in ("purchase_propensity", "engagement_propensity"):
-        if kind in champions:
-            scores[kind] = champions[kind].model[-1].predict_proba(inputs[kind])[:, 1]
+    scores = pd.DataFrame(
+        {"customer_id": frame["customer_id"].to_numpy(), catalogue.PERSONAS.output_column: names}
+    )
     active = (frame["orders_365d"] > 0).to_numpy()
-    if "churn_risk" in champions and active.any():
-        churn = np.full(len(frame), np.nan)
-        churn[active] = (
-            champions["churn_risk"].model[-1].predict_proba(inputs["churn_risk"][active])[:, 1]
-        )
-        scores["churn_risk"] = churn
-    if "customer_value" in champions:
-        value = champions["customer_value"].model[-1].predict(inputs["customer_value"])
-        scores["predicted_clv"] = np.clip(value, 0, None)
+    for model in catalogue.SCORES:
+        output = np.full(len(frame), np.nan)
+        rows = active if model.active_only else np.ones(len(frame), dtype=bool)
+        if model.kind in champions and rows.any():
+            final, x = champions[model.kind].model[-1], inputs[model.kind][rows]
+            if model.probability:
+                output[rows] = final.predict_proba(x)[:, 1]
+            else:
+                output[rows] = np.clip(final.predict(x), 0, None)  # revenue is never below 0
+        scores[model.output_column] = output
     return scores
 
 
@@ -255,10 +184,10 @@ def _score_in_chunks(
     con: duckdb.DuckDBPyConnection, as_of: dt.date, champions: dict, chunk_rows: int
 ) -> None:
     """Model scores of every customer of the date into the temp table `model_scores`."""
+    scores = ", ".join(f"{model.output_column} DOUBLE" for model in catalogue.SCORES)
     con.execute(
-        """CREATE OR REPLACE TEMP TABLE model_scores (
-            customer_id VARCHAR, segment VARCHAR, purchase_propensity DOUBLE,
-            engagement_propensity DOUBLE, churn_risk DOUBLE, predicted_clv DOUBLE)"""
+        "CREATE OR REPLACE TEMP TABLE model_scores "
+        f"(customer_id VARCHAR, {catalogue.PERSONAS.output_column} VARCHAR, {scores})"
     )
     features = sorted({f for champion in champions.values() for f in champion.features})
     columns = ", ".join(
@@ -301,7 +230,14 @@ def _build_segments(
     """The date's segment rows (without holdouts) into the temp table `scored_segments`."""
     ranks = ", ".join(
         f"rank() OVER (ORDER BY {k} DESC NULLS LAST) AS {k}_rank, count({k}) OVER () AS {k}_count"
-        for k in PROBABILITY_KINDS
+        for k in (model.output_column for model in catalogue.PROBABILITIES)
+    )
+    scores = ", ".join(f"s.{model.output_column}" for model in catalogue.SCORES)
+    scores_and_bands = ",\n".join(
+        f"{m.output_column}, {_band(m.output_column, publishing)} AS {m.band_column}"
+        if m.band_column
+        else m.output_column
+        for m in catalogue.SCORES
     )
     version_columns = ", ".join(
         f"{'NULL' if version is None else int(version)}::INTEGER AS {kind}_model_version"
@@ -310,8 +246,7 @@ def _build_segments(
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE scored_segments AS
         WITH base AS (
-            SELECT f.customer_id, f.as_of_date, s.segment, f.rfm_segment,
-                   s.purchase_propensity, s.churn_risk, s.engagement_propensity, s.predicted_clv,
+            SELECT f.customer_id, f.as_of_date, s.segment, f.rfm_segment, {scores},
                    f.preferred_hour, f.is_unsubscribed, f.has_complained, f.has_hard_bounced,
                    f.is_opted_in, f.has_valid_email
             FROM marts.customer_features f JOIN model_scores s USING (customer_id)
@@ -339,11 +274,7 @@ def _build_segments(
             FROM base
         )
         SELECT customer_id, as_of_date, ranked.segment, rfm_segment,
-               purchase_propensity, {_band("purchase_propensity", publishing)} AS purchase_propensity_band,
-               churn_risk, {_band("churn_risk", publishing)} AS churn_risk_band,
-               engagement_propensity,
-               {_band("engagement_propensity", publishing)} AS engagement_propensity_band,
-               predicted_clv,
+               {scores_and_bands},
                CAST(coalesce(preferred_hour, segment_hours.hour, (SELECT hour FROM overall_hour),
                              {publishing.default_send_hour}) AS INTEGER) AS best_send_hour,
                CASE WHEN preferred_hour IS NOT NULL THEN 'customer' ELSE 'segment' END
@@ -368,9 +299,9 @@ def stage_scored_segments(
     build_members(con, audiences, "scored_segments", "scored_members")
     con.execute("BEGIN TRANSACTION")
     try:
-        ensure_segment_tables(con, "staging")
-        for table in DATED_TABLES:
-            con.execute(f"DELETE FROM staging.{table} WHERE as_of_date = ?", [as_of])
+        tables.ensure(con, *tables.STAGED_SEGMENTS)
+        for table in tables.STAGED_SEGMENTS:
+            con.execute(f"DELETE FROM {table.qualified_name} WHERE as_of_date = ?", [as_of])
         con.execute(
             """INSERT INTO staging.customer_segments BY NAME
             SELECT s.*, coalesce(h.audiences, []::VARCHAR[]) AS holdout_audiences
@@ -403,18 +334,19 @@ def stage_scored_segments(
 def score_customers(settings: Settings, as_of: dt.date) -> int:
     """Score every customer of `as_of` with the champions into `staging.customer_segments`
     (replacing the date's staged rows) and stage the audiences' members. Returns the rows
-    staged. Raises ml.models.registry.NoChampion when a model that is not marked not applicable has no
+    staged. Raises ml.errors.NoChampion when a model that is not marked not applicable has no
     champion (train first)."""
-    from ml.models.registry import MODEL_KINDS, load_champion, not_applicable_models
-
     # Audiences first: a broken audience file should stop the run before minutes of scoring.
     audiences = load_audiences(settings.publishing.audiences_path)
     not_applicable = not_applicable_models(settings)
     champions = {
-        kind: load_champion(settings, kind) for kind in MODEL_KINDS if kind not in not_applicable
+        kind: load_champion(settings, kind)
+        for kind in catalogue.MODEL_KINDS
+        if kind not in not_applicable
     }
     versions = {
-        kind: champions[kind].version if kind in champions else None for kind in MODEL_KINDS
+        kind: champions[kind].version if kind in champions else None
+        for kind in catalogue.MODEL_KINDS
     }
     started = time.perf_counter()
     with connect(settings) as con:

@@ -29,17 +29,20 @@ from pathlib import Path
 
 import duckdb
 
+from ml.checksums import file_sha256
 from ml.config import Settings
 from ml.csv_exports import formula_rule_summary, write_csv
-from ml.ingest.landing import file_sha256
+from ml.errors import TriggerError
+from ml.ingest.loader import ingest_landing
+from ml.quality.gates import run_raw_gate, run_triggers_gate
 from ml.segments.consent import create_current_suppressions
 from ml.triggers.refresh import (
-    TriggerError,
     create_latest_segments,
-    ensure_trigger_tables,
     latest_daily_publication,
+    stage_refresh,
     staged_summary,
 )
+from ml.warehouse import tables
 from ml.warehouse.connection import connect, table_exists
 
 log = logging.getLogger(__name__)
@@ -182,7 +185,7 @@ def publish_refresh(settings: Settings, refresh_id: str, run_id: str) -> dict:
     final = root / refresh_id
     built = root / f".{refresh_id}.{uuid.uuid4().hex}.building"
     with connect(settings) as con:
-        ensure_trigger_tables(con)
+        tables.ensure(con, *tables.TRIGGERS)
         done = con.execute(
             "SELECT exports_dir FROM published.trigger_refreshes WHERE refresh_id = ?", [refresh_id]
         ).fetchone()
@@ -258,10 +261,6 @@ def publish_refresh(settings: Settings, refresh_id: str, run_id: str) -> dict:
 def refresh_now(settings: Settings, run_id: str = "manual") -> dict:
     """A whole refresh in this process, as the DAG's tasks run it one by one: ingest the new
     landing files, the raw gate, evaluate, the triggers gate, publish."""
-    from ml.ingest.loader import ingest_landing
-    from ml.quality.gates import run_raw_gate, run_triggers_gate
-    from ml.triggers.refresh import stage_refresh
-
     loaded_at = ingest_landing(settings, as_of=dt.datetime.now(dt.UTC).date()).loaded_at
     run_raw_gate(settings, as_of=loaded_at.date(), loaded_at=loaded_at, daily=False)
     refresh_id = stage_refresh(settings, loaded_at)["refresh_id"]

@@ -52,9 +52,9 @@ import duckdb
 
 from ml.config import Settings
 from ml.contract import EMAIL_EVENT_TYPES, ORDER_STATUSES, WEB_EVENT_TYPES
+from ml.errors import AudienceError, TriggerError
 from ml.segments.audiences import (
     HOLDOUT_FRACTION_SQL,
-    AudienceError,
     Filter,
     check_unique_names,
     filter_vocabulary,
@@ -65,6 +65,7 @@ from ml.segments.audiences import (
     read_audience_file,
 )
 from ml.segments.consent import SUPPRESSING_EVENTS, create_current_suppressions
+from ml.warehouse import tables
 from ml.warehouse.connection import connect, table_exists
 
 log = logging.getLogger(__name__)
@@ -110,51 +111,6 @@ EVENT_NAMES = tuple(f"{entity}.{kind}" for entity, s in EVENT_SOURCES.items() fo
 
 REFRESH_ID_FORMAT = "%Y%m%dT%H%M%SZ"
 """A refresh is named by its evaluation time, e.g. 20261201T141503Z (its export folder)."""
-MEMBER_COLUMNS = """(
-    refresh_id VARCHAR NOT NULL,
-    trigger VARCHAR NOT NULL,
-    customer_id VARCHAR NOT NULL,
-    event_at TIMESTAMP NOT NULL,
-    event_detail VARCHAR,
-    is_holdout BOOLEAN NOT NULL,
-    evaluated_at TIMESTAMP NOT NULL
-)"""
-SUPPRESSION_COLUMNS = """(
-    refresh_id VARCHAR NOT NULL,
-    customer_id VARCHAR NOT NULL,
-    reason VARCHAR NOT NULL,
-    occurred_at TIMESTAMP
-)"""
-EVALUATED_FILE_COLUMNS = """(
-    refresh_id VARCHAR NOT NULL,
-    entity VARCHAR NOT NULL,
-    source_file VARCHAR NOT NULL,
-    sha256 VARCHAR NOT NULL
-)"""
-STAGED_REFRESH_COLUMNS = """(
-    refresh_id VARCHAR NOT NULL,
-    evaluated_at TIMESTAMP NOT NULL,
-    previous_evaluated_at TIMESTAMP,
-    daily_as_of DATE,
-    definitions JSON NOT NULL
-)"""
-PUBLISHED_REFRESH_COLUMNS = """(
-    refresh_id VARCHAR NOT NULL PRIMARY KEY,
-    evaluated_at TIMESTAMP NOT NULL,
-    previous_evaluated_at TIMESTAMP,
-    daily_as_of DATE,
-    definitions JSON NOT NULL,
-    run_id VARCHAR NOT NULL,
-    published_at TIMESTAMP NOT NULL,
-    members BIGINT NOT NULL,
-    exported BIGINT NOT NULL,
-    suppressions BIGINT NOT NULL,
-    exports_dir VARCHAR
-)"""
-
-
-class TriggerError(RuntimeError):
-    """A refresh cannot be evaluated or published; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -259,21 +215,6 @@ def load_triggers(path: Path) -> list[Trigger]:
 # --------------------------------------------------------------------------- evaluation
 
 
-def ensure_trigger_tables(con: duckdb.DuckDBPyConnection) -> None:
-    for schema in ("staging", "published"):
-        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        con.execute(f"CREATE TABLE IF NOT EXISTS {schema}.trigger_members {MEMBER_COLUMNS}")
-        con.execute(
-            f"CREATE TABLE IF NOT EXISTS {schema}.trigger_evaluated_files {EVALUATED_FILE_COLUMNS}"
-        )
-    con.execute(f"CREATE TABLE IF NOT EXISTS staging.trigger_suppressions {SUPPRESSION_COLUMNS}")
-    con.execute(f"CREATE TABLE IF NOT EXISTS published.suppressions {SUPPRESSION_COLUMNS}")
-    con.execute(f"CREATE TABLE IF NOT EXISTS staging.trigger_refreshes {STAGED_REFRESH_COLUMNS}")
-    con.execute(
-        f"CREATE TABLE IF NOT EXISTS published.trigger_refreshes {PUBLISHED_REFRESH_COLUMNS}"
-    )
-
-
 def latest_daily_publication(con: duckdb.DuckDBPyConnection) -> dt.date | None:
     """The newest date the daily run published, whose segments triggers filter on."""
     if not table_exists(con, "published", "publications"):
@@ -285,9 +226,9 @@ def create_latest_segments(con: duckdb.DuckDBPyConnection, as_of: dt.date | None
     """The temp table `latest_segments`: each customer's row of the latest daily publication."""
     if as_of is None:
         # Nothing published yet: no rows, the published columns (which filters name).
-        from ml.segments.score import SEGMENTS_COLUMNS
-
-        con.execute(f"CREATE OR REPLACE TEMP TABLE latest_segments {SEGMENTS_COLUMNS}")
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE latest_segments {tables.CUSTOMER_SEGMENTS.definition}"
+        )
         return
     con.execute(
         """CREATE OR REPLACE TEMP TABLE latest_segments AS
@@ -408,7 +349,7 @@ def stage_refresh(settings: Settings, evaluated_at: dt.datetime) -> dict:
     evaluated_at = evaluated_at.replace(tzinfo=None, microsecond=0)
     refresh_id = evaluated_at.strftime(REFRESH_ID_FORMAT)
     with connect(settings) as con:
-        ensure_trigger_tables(con)
+        tables.ensure(con, *tables.TRIGGERS)
         previous = con.execute(
             "SELECT max(evaluated_at) FROM published.trigger_refreshes"
         ).fetchone()[0]

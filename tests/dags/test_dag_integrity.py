@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 
-from ml.orchestration.dag_defaults import DAG_TAGS, WAREHOUSE_POOL, WAREHOUSE_QUEUE
+from ml.errors import AsOfDateError
+from ml.orchestration.as_of import AS_OF_DATE
+from ml.orchestration.dag_defaults import DAG_TAGS, DRIFT_ALERT, WAREHOUSE_POOL, WAREHOUSE_QUEUE
+from ml.orchestration.dbt_tasks import apply_run_settings
 
 DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
 DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
@@ -158,7 +161,7 @@ def test_housekeeping_ends_the_daily_run_and_returns_what_it_removed(
     for name in ("2025-01-01", "2026-06-29"):
         (tmp_path / "exports" / name).mkdir(parents=True)
     monkeypatch.setenv("SEGFLOW_DATA_DIR", str(tmp_path))
-    report = housekeeping.python_callable(params={"as_of_date": "2026-06-30"})
+    report = housekeeping.python_callable(as_of="2026-06-30")
     json.dumps(report)  # an XCom
     assert report["today"] == "2026-06-30"
     assert report["kinds"]["exports"]["removed"] == ["exports/2025-01-01"]
@@ -192,18 +195,17 @@ def test_every_table_the_pipeline_produces_is_an_asset(dag_bag: DagBag):
 
 
 def test_train_models_trains_every_model_weekly_and_on_drift(dag_bag: DagBag):
-    from ml.models.registry import MODEL_KINDS
+    from ml.models import catalogue
 
     dag = dag_bag.dags["train_models"]
-    # The DAG file takes the kinds from ml.orchestration.dag_defaults to avoid importing MLflow at parse time.
-    assert dag.params["models"] == list(MODEL_KINDS)
+    assert dag.params["models"] == list(catalogue.MODEL_KINDS)
     assert dag.get_task("train_model").upstream_task_ids == {
         "build_training_set",
         "models_to_train",
     }
     assert dag.get_task("promote").upstream_task_ids == {"train_model"}
     assert {a.name for a in dag.get_task("promote").outlets} == {
-        f"segflow_{kind}" for kind in MODEL_KINDS
+        model.registered_name for model in catalogue.MODELS
     }
     assert "drift_alert" in str(dag.timetable.asset_condition)
     assert dag.timetable.timetable.expression == "0 4 * * 1"
@@ -240,12 +242,11 @@ def test_every_dbt_model_is_a_task_and_one_task_tests_them_all(dag_bag: DagBag, 
         "features.customer_features_run",
         "features.training_labels_run",
     }
-    # dbt receives the same as-of date the Python tasks resolve, for the models and the tests.
+    # dbt receives the same as-of date as the Python tasks (test_every_task_is_given_the_
+    # runs_as_of_date_when_it_runs), and segflow's settings when the task runs.
     for task in (marts, tests):
-        assert (
-            task.vars["as_of_date"]
-            == "{{ params.as_of_date or (logical_date or data_interval_start) | ds }}"
-        )
+        assert task.vars == {"as_of_date": AS_OF_DATE}
+        assert task.env is None and task.interceptors == [apply_run_settings]
     assert dag.get_task("score_review_texts").downstream_task_ids >= {
         "features.stg_shop__customer_versions_run"
     }
@@ -277,7 +278,7 @@ def test_a_cold_start_without_a_passing_model_fails_without_retrying(
     from airflow.sdk.exceptions import AirflowFailException
 
     import ml.models.train
-    from ml.models.registry import NoChampion
+    from ml.errors import NoChampion
 
     def nothing_beats_its_baseline(settings, as_of):
         raise NoChampion(f"cold start as of {as_of}: no champion after training")
@@ -285,7 +286,7 @@ def test_a_cold_start_without_a_passing_model_fails_without_retrying(
     monkeypatch.setattr(ml.models.train, "ensure_champions", nothing_beats_its_baseline)
     task = dag_bag.dags["segment_pipeline"].get_task("ensure_champions")
     with pytest.raises(AirflowFailException, match="no champion after training"):
-        task.python_callable(params={"as_of_date": "2026-06-30"})
+        task.python_callable(as_of="2026-06-30")
 
 
 def test_training_fails_at_once_on_settings_or_data_a_retry_cannot_fix(
@@ -299,9 +300,7 @@ def test_training_fails_at_once_on_settings_or_data_a_retry_cannot_fix(
     monkeypatch.setenv("SEGFLOW_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("SEGFLOW_SNAPSHOT_SPACING_DAYS", "10")  # shorter than the label horizon
     with pytest.raises(AirflowFailException, match="SEGFLOW_SNAPSHOT_SPACING_DAYS=10"):
-        dag.get_task("build_training_set").python_callable(
-            params={"as_of_date": "2026-06-30"}, triggering_asset_events={}
-        )
+        dag.get_task("build_training_set").python_callable(as_of="2026-06-30")
     with pytest.raises(AirflowFailException, match="holds no training set"):
         dag.get_task("train_model").python_callable(
             kind="churn_risk", training_set_dir=str(tmp_path / "missing")
@@ -317,14 +316,14 @@ def test_training_fails_at_once_on_settings_or_data_a_retry_cannot_fix(
 def test_refresh_triggers_runs_on_landing_files_through_the_gates_before_the_pool_queue(
     dag_bag: DagBag,
 ):
-    from ml.config import load_settings
     from ml.orchestration.landing_watch import LandingFilesTrigger
 
     dag = dag_bag.dags["refresh_triggers"]
     (asset,) = dag.timetable.asset_condition.objects
     (watcher,) = asset.watchers
     assert isinstance(watcher.trigger, LandingFilesTrigger)
-    assert watcher.trigger.landing_dir == str(load_settings().landing_dir)
+    # No setting is fixed when the DAG is parsed: the triggerer's decide where it looks.
+    assert watcher.trigger.serialize()[1] == {}
     order = ["forget_requested", "ingest", "raw_gate", "evaluate", "triggers_gate", "publish"]
     for upstream, task_id in zip(order, order[1:], strict=False):
         assert upstream in dag.get_task(task_id).upstream_task_ids, task_id
@@ -335,3 +334,61 @@ def test_refresh_triggers_runs_on_landing_files_through_the_gates_before_the_poo
     # A daily task's weight is the sum of its own and its downstream tasks' weights (1 each).
     daily = dag_bag.dags["segment_pipeline"]
     assert {t.priority_weight for t in daily.tasks} == {1} and len(daily.tasks) < 100
+
+
+def rendered_as_of(dag, **context) -> dict[str, str]:
+    """The as-of date each task of `dag` is given, rendered as when it runs (the DAG's macros,
+    the run's context), by task id; tasks without one are left out."""
+    env = dag.get_template_env()
+    templates = {}
+    for task in dag.tasks:
+        arguments = [a for a in getattr(task, "op_args", ()) if isinstance(a, str)]
+        arguments += [task.vars["as_of_date"]] if getattr(task, "vars", None) else []
+        if arguments:
+            (templates[task.task_id],) = arguments
+    return {task_id: env.from_string(t).render(context) for task_id, t in templates.items()}
+
+
+def test_every_task_is_given_the_runs_as_of_date_when_it_runs(dag_bag: DagBag):
+    """One templated argument per task, dbt's var included: the `as_of_date` param, else the
+    day of the logical date; train_models follows a drift alert's date too."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    daily = dag_bag.dags["segment_pipeline"]
+    run = {
+        "logical_date": dt.datetime(2026, 6, 30, tzinfo=dt.UTC),
+        "data_interval_start": dt.datetime(2026, 6, 29, 2, tzinfo=dt.UTC),
+    }
+    given = rendered_as_of(daily, params={"as_of_date": None}, **run)
+    assert set(given) == {
+        task.task_id
+        for task in daily.tasks
+        if task.task_id not in ("forget_requested", "drift_alert")
+        and type(task).__name__ != "EmptyOperator"
+    }
+    assert set(given.values()) == {"2026-06-30"}
+    given = rendered_as_of(daily, params={"as_of_date": "2026-06-15"}, **run)
+    assert set(given.values()) == {"2026-06-15"}
+    with pytest.raises(AsOfDateError, match="'30.06.2026' is not a date"):
+        rendered_as_of(daily, params={"as_of_date": "30.06.2026"}, **run)
+
+    training = dag_bag.dags["train_models"]
+    alert = SimpleNamespace(extra={"as_of_date": "2026-06-20", "models": [], "reasons": []})
+    given = rendered_as_of(
+        training,
+        params={"as_of_date": None},
+        triggering_asset_events={DRIFT_ALERT: [alert]},
+        **run,
+    )
+    assert given == {"build_training_set": "2026-06-20"}
+
+
+def test_parsing_the_dags_reads_no_setting(dbt_manifest: Path, monkeypatch: pytest.MonkeyPatch):
+    """Settings are read when a task runs: one that cannot be used fails the tasks that use it,
+    not the parsing of every DAG (and a change needs no new parse)."""
+    monkeypatch.setenv("SEGFLOW_LABEL_HORIZON_DAYS", "thirty")
+    monkeypatch.setenv("SEGFLOW_LANDING_POLL_SECONDS", "-1")
+    bag = DagBag(dag_folder=str(DAGS_DIR), known_pools={WAREHOUSE_POOL, "default_pool"})
+    assert bag.import_errors == {}
+    assert set(bag.dags) == {path.stem for path in DAG_FILES}
