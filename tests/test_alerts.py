@@ -21,7 +21,10 @@ import pytest
 import ml.orchestration.dag_defaults  # noqa: F401  (imports Airflow, which sets up logging, before caplog does)
 from ml.config import load_settings
 from ml.errors import ConfigError, QuarantineTooLarge
-from ml.monitoring.alerts import failures_path, record_task_failure
+from ml.monitoring.alerts import failure_record, failures_path, record_task_failure
+from ml.orchestration.as_of import as_of_macros
+from ml.orchestration.dag_defaults import DRIFT_ALERT
+from ml.orchestration.retraining import training_as_of
 from tests.conftest import free_port
 
 AS_OF = dt.date(2026, 6, 30)
@@ -172,6 +175,20 @@ def test_a_failure_is_recorded_as_one_json_line_without_e_mail_addresses(data_di
     assert dt.datetime.fromisoformat(gate["recorded_at"]).tzinfo is not None
     assert killed["exception_class"] is None
     assert "killed" in killed["exception_message"]
+
+
+def test_a_drift_triggered_trainings_failure_records_the_drift_date():
+    """train_models trains as of the date whose drift raised the alert, not its run's day: the
+    record says the date the failed task computed, by the DAG's own rule."""
+    alert = SimpleNamespace(extra={"as_of_date": "2026-06-20", "models": ["churn_risk"]})
+    context = {
+        **failure_context(None),
+        "dag": SimpleNamespace(user_defined_macros=as_of_macros(training_as_of)),
+        "triggering_asset_events": {DRIFT_ALERT: [alert]},
+    }
+    assert failure_record(context)["as_of_date"] == "2026-06-20"
+    # A DAG without a rule of its own: the run's date.
+    assert failure_record({**context, "dag": None})["as_of_date"] == "2026-06-30"
 
 
 def test_the_webhook_gets_the_record_as_json(data_dir: Path, webhook, monkeypatch):

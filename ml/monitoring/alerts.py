@@ -36,7 +36,7 @@ from typing import Any
 
 from ml.config import Settings, load_settings
 from ml.errors import AsOfDateError
-from ml.orchestration.as_of import run_as_of
+from ml.orchestration.as_of import dag_as_of
 from ml.privacy.secret_masking import mask_secrets
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def mask_email_addresses(text: str) -> str:
 
 def _as_of_date(context: Mapping[str, Any]) -> str | None:
     try:
-        return run_as_of(context).isoformat()
+        return dag_as_of(context).isoformat()
     except AsOfDateError:
         return None
 

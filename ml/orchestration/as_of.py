@@ -36,7 +36,16 @@ def as_of_macros(rule: AsOfRule) -> dict[str, Callable[..., str]]:
     def as_of_date(context: jinja2.runtime.Context) -> str:
         return rule(context).isoformat()
 
-    return {"as_of_date": as_of_date}
+    # The rule itself too, for code that runs outside a task's arguments (`dag_as_of`).
+    return {"as_of_date": as_of_date, "as_of_rule": rule}
+
+
+def dag_as_of(context: Mapping[str, Any]) -> dt.date:
+    """The as-of date of the run whose Airflow context this is, by its DAG's own rule (the one
+    `as_of_macros` was given; `run_as_of` for a DAG without one): the failure callback records
+    the date the failed task computed, e.g. a drift-triggered training's drift date."""
+    macros = getattr(context.get("dag"), "user_defined_macros", None) or {}
+    return macros.get("as_of_rule", run_as_of)(context)
 
 
 def run_as_of(context: Mapping[str, Any]) -> dt.date:
