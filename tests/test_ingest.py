@@ -15,6 +15,7 @@ import pytest
 from ml.config import Settings
 from ml.errors import ContractViolation
 from ml.ingest.loader import ingest_landing, quarantine_lines, raw_summary
+from ml.ingest.raw_tables import ensure_raw_tables
 
 LOAD_TIME = dt.datetime(2026, 7, 1, 12, 0)
 CUSTOMERS = [
@@ -608,7 +609,8 @@ def test_a_warehouse_from_before_is_minimised_once(settings: Settings):
     """Quarantine rows with whole records and extra values in raw, as earlier versions kept
     them: personal values become their shape, records lose personal fields (by the file's
     spelling of them), extra columns keep their names only."""
-    
+    from ml.ingest.raw_tables import ensure_raw_tables
+
     minimal_landing(settings.landing_dir)
     ingest(settings)
     with duckdb.connect(str(settings.warehouse_path)) as con:
@@ -668,3 +670,23 @@ def test_summary_reports_tables_and_quarantine(settings: Settings):
     )
     assert "1 orders.amount: must be >= 0 -> row rejected" in summary
 
+
+def test_a_raw_rows_load_time_is_never_rewritten_by_a_later_ingest(tmp_path: Path):
+    """Each ingest makes sure of the raw tables; the one-time migration of an older warehouse
+    (rows stamped with their file's load time) must not run again over today's rows, where a
+    held row loaded days after its file keeps the day it was loaded."""
+    file_loaded, row_loaded = dt.datetime(2026, 6, 1), dt.datetime(2026, 6, 5)
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
+        ensure_raw_tables(con)
+        con.execute(
+            """INSERT INTO raw.loaded_files (entity, source_file, sha256, size_bytes, mtime_ns,
+                   rows_in_file, rows_loaded, rows_rejected, values_nullified, loaded_at)
+               VALUES ('email_events', 'email_events/a.csv', 'x', 1, 1, 1, 1, 0, 0, ?)""",
+            [file_loaded],
+        )
+        con.execute(
+            "INSERT INTO raw.email_events (_source_file, _source_row, _loaded_at) VALUES (?, 1, ?)",
+            ["email_events/a.csv", row_loaded],
+        )
+        ensure_raw_tables(con)
+        assert con.execute("SELECT _loaded_at FROM raw.email_events").fetchone()[0] == row_loaded

@@ -93,16 +93,27 @@ def _minimise_quarantine(con: duckdb.DuckDBPyConnection) -> None:
 
 def _move_to_versions(con: duckdb.DuckDBPyConnection) -> None:
     """A warehouse from before versions kept one row per customer and order in raw.customers
-    and raw.orders: those rows become the first versions."""
-    existing = {
+    and raw.orders, and no load time on any raw row: those rows become the first versions, each
+    row's load time its file's. A warehouse that has them is left alone: a raw row's load time
+    is never rewritten (a held row loaded days after its file keeps the day it was loaded)."""
+    base_tables = {
         name
         for (name,) in con.execute(
             "SELECT table_name FROM information_schema.tables "
             "WHERE table_schema = 'raw' AND table_type = 'BASE TABLE'"
         ).fetchall()
     }
+    with_load_time = {
+        name
+        for (name,) in con.execute(
+            "SELECT table_name FROM information_schema.columns "
+            "WHERE table_schema = 'raw' AND column_name = '_loaded_at'"
+        ).fetchall()
+    }
     for entity in ENTITIES:
-        if entity.name not in existing:
+        # Versioned: the old table still has the entity's name (now a view over the versions).
+        old_layout = entity.versioned or entity.name not in with_load_time
+        if entity.name not in base_tables or not old_layout:
             continue
         if entity.versioned:
             con.execute(f"ALTER TABLE raw.{entity.name} RENAME TO {entity.table}")
