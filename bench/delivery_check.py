@@ -10,7 +10,7 @@ e-mail tools' event names) and `segment_pipeline` runs through Airflow (`airflow
 as `make run` does) for each of the last `--run-days` dates, oldest first: the first run loads
 the history and trains the models (cold start), each later run loads its day. Afterwards the
 warehouse's counts are checked against what the generator delivered. A run takes about half a
-minute here, so this is not part of the test suite; tests/test_deliveries.py loads the same
+minute here, so this is not part of the test suite; tests/synthetic/test_deliveries.py loads the same
 kind of delivery day by day without Airflow.
 """
 

@@ -8,7 +8,7 @@ changes from the next day on (`generate --drift-from`). The models are trained o
 TRAINED (on the shared history), then each shop runs what segment_pipeline runs after ingest,
 for every day from TRAINED to TRAINED + 30: features with dbt, scoring, publishing, the
 monitor. About 4.5 s a day goes to dbt (one parse per date), so this is not part of the test
-suite; tests/test_monitoring.py and tests/test_pipeline_airflow.py check the monitor itself.
+suite; tests/monitoring/test_monitoring.py and tests/end_to_end/test_pipeline_airflow.py check the monitor itself.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ from ml.ingest.raw_tables import ensure_raw_tables
 from ml.segments.consent import create_current_suppressions, is_plain_address_sql
 from ml.segments.publish import publish_segments
 from ml.warehouse.connection import connect
-from tests.test_publish import AS_OF, scored_frame, stage, staged  # noqa: F401  (a fixture)
-from tests.test_triggers import T0, land, order, published, read_export, refresh  # noqa: F401
+from tests.segments.test_publish import AS_OF, scored_frame, stage, staged  # noqa: F401  (a fixture)
+from tests.triggers.test_triggers import T0, land, order, published, read_export, refresh  # noqa: F401
 
 FORMULA_ADDRESS = '=HYPERLINK("http://evil")@x.com'
 

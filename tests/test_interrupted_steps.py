@@ -23,8 +23,8 @@ import pytest
 
 from ml.config import Settings, load_settings
 from tests.conftest import PROJECT_DIR, TRAINED_AS_OF
-from tests.test_publish import scored_frame, stage
-from tests.test_publish import staged as staged  # noqa: F401  (the fixture: staged segments)
+from tests.segments.test_publish import scored_frame, stage
+from tests.segments.test_publish import staged as staged  # noqa: F401  (the fixture: staged segments)
 
 KILLED_CHILD = """
 import datetime as dt, importlib, json, os, signal, sys

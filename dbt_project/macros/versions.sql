@@ -1,6 +1,6 @@
 {#- Customers and orders keep every delivered version in raw (`_version_at`: when it took
     effect). The order of the versions is segflow's (ml/contract.py VERSION_ORDER): when they
-    took effect, then delivery order; tests/test_value_lists.py keeps the two equal. -#}
+    took effect, then delivery order; tests/features/test_value_lists.py keeps the two equal. -#}
 
 {% macro version_validity() -%}
     {#- A version is valid from when it took effect (null for the first: since always) to when

@@ -1,7 +1,7 @@
 """The values the features' named columns take, as the dbt models compute them.
 
 dbt keeps its own copies (the models' `case` expressions and `accepted_values` tests), so that
-the project reads on its own; tests/test_value_lists.py keeps them equal to these.
+the project reads on its own; tests/features/test_value_lists.py keeps them equal to these.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ final as (
                        "cast(scored.f_score as " ~ dbt.type_string() ~ ")",
                        "cast(scored.m_score as " ~ dbt.type_string() ~ ")"]) }} as rfm_code,
         -- The usual recency x frequency grid (R first): e.g. R 5 and F 4-5 are Champions.
-        -- The names are ml/features/vocabulary.py RFM_SEGMENTS, kept equal by tests/test_value_lists.py.
+        -- The names are ml/features/vocabulary.py RFM_SEGMENTS, kept equal by tests/features/test_value_lists.py.
         case
             when scored.customer_id is null then 'No purchase yet'
             when scored.r_score = 5 and scored.f_score >= 4 then 'Champions'

@@ -80,7 +80,7 @@ final as (
         email.preferred_hour,
         orders.favourite_category,
         customers.country_code,
-        -- The bands are ml/features/vocabulary.py AGE_BANDS, kept equal by tests/test_value_lists.py.
+        -- The bands are ml/features/vocabulary.py AGE_BANDS, kept equal by tests/features/test_value_lists.py.
         case
             when customers.birth_year is null then 'unknown'
             when extract(year from {{ as_of_date() }}) - customers.birth_year < 25 then '18-24'

@@ -1,6 +1,6 @@
 """Failure alerts (ml/monitoring/alerts.py): the record, the webhook and the mail, against local servers.
 
-The end-to-end proof that Airflow calls the callback is in tests/test_pipeline_airflow.py (the
+The end-to-end proof that Airflow calls the callback is in tests/end_to_end/test_pipeline_airflow.py (the
 corrupt day's raw_gate failure is recorded)."""
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ def test_alert_settings_default_to_the_record_only():
 def test_every_task_of_every_dag_records_its_failure(dbt_manifest: Path):
     from airflow.dag_processing.dagbag import DagBag
 
-    dags = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags")).dags
+    dags = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags")).dags
     assert set(dags) == {"segment_pipeline", "train_models", "refresh_triggers"}
     for dag in dags.values():
         for task in dag.tasks:

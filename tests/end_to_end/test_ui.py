@@ -31,7 +31,7 @@ from ml.models.registry import CHAMPION, alias_version
 from tests.conftest import free_port, processes_with_env, run_make
 
 pytestmark = pytest.mark.airflow
-PROJECT_DIR = Path(__file__).resolve().parents[1]
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 ARTIFACTS = PROJECT_DIR / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -19,7 +19,7 @@ from ml.segments.score import score_customers
 from ml.triggers.exports import refresh_now
 from ml.warehouse.connection import connect
 from tests.conftest import TRAINED_AS_OF
-from tests.test_triggers import holdout, read_export
+from tests.triggers.test_triggers import holdout, read_export
 
 CUSTOMER_COLUMNS = [
     "customer_id",

@@ -12,7 +12,7 @@ from ml.config import Settings
 from ml.contract import ENTITIES
 from ml.warehouse import tables
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 def _columns(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[str, str, bool]]]:

@@ -27,7 +27,7 @@ from ml.privacy.secret_masking import (
     secret_values,
 )
 from tests.conftest import PROJECT_DIR
-from tests.test_alerts import data_dir, failure_context, recorded  # noqa: F401  (fixture)
+from tests.monitoring.test_alerts import data_dir, failure_context, recorded  # noqa: F401  (fixture)
 
 PASSWORD = "hunter2-Secret"
 

@@ -14,7 +14,7 @@ import pytest
 
 import ml.ingest.loader
 from ml.config import Settings
-from tests.test_ingest import (
+from tests.ingest.test_ingest import (
     CUSTOMERS,
     LOAD_TIME,
     ORDERS,

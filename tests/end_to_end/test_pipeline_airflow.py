@@ -22,7 +22,7 @@ from tests.conftest import SAMPLE_END
 
 pytestmark = pytest.mark.airflow
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
-DAGS = Path(__file__).resolve().parents[1] / "dags"
+DAGS = Path(__file__).resolve().parents[2] / "dags"
 
 
 DRIFT_FROM = SAMPLE_END + dt.timedelta(days=1)

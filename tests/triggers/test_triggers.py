@@ -20,7 +20,7 @@ from ml.segments.publish import publish_segments
 from ml.triggers.exports import publish_refresh
 from ml.triggers.refresh import load_triggers, stage_refresh
 from ml.warehouse.connection import connect
-from tests.test_publish import AS_OF, export_files, staged  # noqa: F401  (a fixture)
+from tests.segments.test_publish import AS_OF, export_files, staged  # noqa: F401  (a fixture)
 
 T0 = dt.datetime(2026, 7, 1, 12, 0, 0)
 TRIGGERS_YAML = """

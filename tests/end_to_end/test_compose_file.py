@@ -1,5 +1,5 @@
 """The production stack's definition: docker-compose.yml, .env.example and the Dockerfile.
-(tests/test_production_stack.py runs the same components natively.)"""
+(tests/end_to_end/test_production_stack.py runs the same components natively.)"""
 
 from __future__ import annotations
 
