@@ -49,20 +49,7 @@ def test_balanced_rows_keep_every_rare_row_and_as_many_common_ones_per_snapshot(
 
 
 def test_persona_names_follow_the_profile_and_are_never_shared():
-    columns = [
-        "recency_days",
-        "frequency",
-        "monetary",
-        "avg_order_value",
-        "orders_90d",
-        "spend_trend",
-        "days_since_signup",
-        "email_open_rate_90d",
-        "email_click_rate_90d",
-        "web_sessions_30d",
-        "product_views_30d",
-        "single_order",
-    ]
+    columns = [*PERSONA_FEATURES, "single_order"]
     profile = pd.DataFrame(0.0, index=[0, 1, 2, 3], columns=columns)
     profile.loc[0, ["monetary", "frequency", "avg_order_value"]] = 1.5
     profile.loc[0, "recency_days"] = -1.0
